@@ -1,0 +1,146 @@
+//! API keys: how they are stored, how a caller presents one, and how it is checked.
+//!
+//! The gateway keeps only SHA-256 digests of keys. A presented key is hashed and looked up
+//! by digest; the final comparison is constant-time. Because the table is keyed by digests of
+//! high-entropy secrets, lookup timing tells an attacker nothing about any stored key.
+//! Keys never reach a log line, an error message or a run record.
+
+use crate::error::GatewayError;
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use subtle::ConstantTimeEq;
+
+/// A SHA-256 digest of an API key.
+pub type KeyDigest = [u8; 32];
+
+pub fn digest(key: &str) -> KeyDigest {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// Who may call one workflow.
+#[derive(Debug, Clone)]
+pub enum KeyPolicy {
+    /// Anyone who knows the URL.
+    Open,
+    /// A valid key; `allowed` names the keys that may call, or `None` for every key.
+    Required { allowed: Option<HashSet<String>> },
+}
+
+/// Every configured key, by digest, with its name.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys {
+    by_digest: HashMap<KeyDigest, String>,
+}
+
+impl ApiKeys {
+    pub fn new(keys: impl IntoIterator<Item = (String, KeyDigest)>) -> Self {
+        Self {
+            by_digest: keys.into_iter().map(|(name, digest)| (digest, name)).collect(),
+        }
+    }
+
+    pub fn contains_name(&self, name: &str) -> bool {
+        self.by_digest.values().any(|known| known == name)
+    }
+
+    /// Checks the caller against `policy`; returns the name of the key used, if any.
+    pub fn authenticate(
+        &self,
+        policy: &KeyPolicy,
+        headers: &HeaderMap,
+    ) -> Result<Option<&str>, GatewayError> {
+        let KeyPolicy::Required { allowed } = policy else {
+            return Ok(None);
+        };
+        let presented = presented_key(headers)
+            .ok_or(GatewayError::Unauthorized("an api key is required"))?;
+
+        let name = self
+            .find(presented)
+            .ok_or(GatewayError::Unauthorized("the api key is not valid"))?;
+        match allowed {
+            Some(names) if !names.contains(name) => Err(GatewayError::Unauthorized(
+                "the api key is not valid for this workflow",
+            )),
+            _ => Ok(Some(name)),
+        }
+    }
+
+    fn find(&self, presented: &str) -> Option<&str> {
+        let wanted = digest(presented);
+        let (stored, name) = self.by_digest.get_key_value(&wanted)?;
+        bool::from(stored.ct_eq(&wanted)).then_some(name.as_str())
+    }
+}
+
+/// The key a caller sent: `X-API-Key`, or else `Authorization: Bearer <key>`.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get("x-api-key") {
+        return value.to_str().ok().map(str::trim).filter(|key| !key.is_empty());
+    }
+    let authorization = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Compares two secrets without leaking, through timing, where they first differ.
+pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// A new random API key, prefixed so that it is recognisable in a secret scanner.
+pub fn generate_key() -> String {
+    let bytes: [u8; 24] = rand::random();
+    format!("wgk_{}", hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn keys() -> ApiKeys {
+        ApiKeys::new([
+            ("demo".to_string(), digest("demo-key-0001")),
+            ("ci".to_string(), digest("ci-key")),
+        ])
+    }
+
+    fn headers(name: &'static str, value: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(name, HeaderValue::from_str(value).unwrap());
+        map
+    }
+
+    #[test]
+    fn accepts_a_key_from_either_header() {
+        let policy = KeyPolicy::Required { allowed: None };
+        let keys = keys();
+        let by_header = keys.authenticate(&policy, &headers("x-api-key", "demo-key-0001"));
+        assert_eq!(by_header.unwrap(), Some("demo"));
+        let by_bearer = keys.authenticate(&policy, &headers("authorization", "bearer ci-key"));
+        assert_eq!(by_bearer.unwrap(), Some("ci"));
+    }
+
+    #[test]
+    fn refuses_missing_wrong_and_unlisted_keys() {
+        let any = KeyPolicy::Required { allowed: None };
+        assert!(keys().authenticate(&any, &HeaderMap::new()).is_err());
+        assert!(keys().authenticate(&any, &headers("x-api-key", "nope")).is_err());
+        assert!(keys().authenticate(&any, &headers("authorization", "Basic ci-key")).is_err());
+
+        let only_ci = KeyPolicy::Required {
+            allowed: Some(HashSet::from(["ci".to_string()])),
+        };
+        assert!(keys()
+            .authenticate(&only_ci, &headers("x-api-key", "demo-key-0001"))
+            .is_err());
+    }
+
+    #[test]
+    fn open_policy_needs_no_key() {
+        assert_eq!(keys().authenticate(&KeyPolicy::Open, &HeaderMap::new()).unwrap(), None);
+    }
+}

@@ -1,0 +1,284 @@
+//! The configuration files exactly as written: `gateway.yaml` and one `workflows/*.yaml` per
+//! workflow. Unknown keys are rejected so that a typo is an error rather than a silent default.
+//! Nothing outside `config` uses these types; `config::load` validates them into the model.
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+/// `gateway.yaml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub admin: AdminFile,
+    #[serde(default)]
+    pub paths: PathsFile,
+    /// Secret from which each workflow's URL token is derived. When absent, a random one is
+    /// created once in the state directory, which keeps URLs stable across restarts.
+    pub url_secret: Option<String>,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub scripts: SandboxFile,
+    #[serde(default)]
+    pub runs: RunsFile,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerFile {
+    /// Address the webhook listener binds, `host:port`.
+    pub listen: String,
+    /// Base of the URLs printed by `webhook-gateway urls`, as callers reach the gateway.
+    pub public_base_url: Option<String>,
+    /// Worker threads for webhook traffic.
+    pub threads: usize,
+    /// How long an idle keep-alive connection stays open.
+    pub idle_timeout_seconds: u64,
+    /// How long one read of the request body may wait before the request fails with 408.
+    pub body_read_timeout_ms: u64,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            public_base_url: None,
+            threads: 2,
+            idle_timeout_seconds: 60,
+            body_read_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminFile {
+    /// Address of the admin listener; keep it on loopback or a private network.
+    pub listen: String,
+    /// Bearer token every admin request must carry. Empty or absent turns the listener off.
+    pub token: Option<String>,
+}
+
+impl Default for AdminFile {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9180".into(),
+            token: None,
+        }
+    }
+}
+
+/// Folders, relative to the directory that holds `gateway.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsFile {
+    pub workflows: String,
+    pub scripts: String,
+    /// Where the gateway keeps what it creates itself (the URL secret).
+    pub state: String,
+}
+
+impl Default for PathsFile {
+    fn default() -> Self {
+        Self {
+            workflows: "workflows".into(),
+            scripts: "scripts".into(),
+            state: ".webhook-gateway".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsFile {
+    /// Largest request body accepted, in bytes; a workflow may lower or raise it.
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted (objects and arrays).
+    pub max_json_depth: usize,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_json_depth: 256,
+        }
+    }
+}
+
+/// The Rhai sandbox every script runs in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxFile {
+    /// Rhai operations one run may perform.
+    pub max_operations: u64,
+    /// Nested function calls.
+    pub max_call_levels: usize,
+    /// Longest string a script may build, in bytes.
+    pub max_string_bytes: usize,
+    /// Largest array a script may build.
+    pub max_array_len: usize,
+    /// Largest object map a script may build.
+    pub max_map_len: usize,
+    /// Wall-clock time one run may take; a workflow may lower or raise it.
+    pub timeout_ms: u64,
+}
+
+impl Default for SandboxFile {
+    fn default() -> Self {
+        Self {
+            max_operations: 1_000_000,
+            max_call_levels: 32,
+            max_string_bytes: 1024 * 1024,
+            max_array_len: 100_000,
+            max_map_len: 10_000,
+            timeout_ms: 1_000,
+        }
+    }
+}
+
+/// The background pool that runs accepted (202) workflows.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunsFile {
+    /// Threads that execute accepted runs.
+    pub workers: usize,
+    /// Accepted runs that may wait for a worker; past this, requests get 503.
+    pub queue_capacity: usize,
+    /// Run records kept for `GET /api/v1/runs/{id}`.
+    pub max_records: u64,
+    /// How long a run record is kept after its last change.
+    pub record_ttl_seconds: u64,
+}
+
+impl Default for RunsFile {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            queue_capacity: 1024,
+            max_records: 100_000,
+            record_ttl_seconds: 24 * 3600,
+        }
+    }
+}
+
+/// One API key: its SHA-256 as hex, or the key itself (normally `${ENV_VAR}`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyFile {
+    pub name: String,
+    pub sha256: Option<String>,
+    pub key: Option<String>,
+}
+
+/// One `workflows/*.yaml` file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowFile {
+    /// Stable id: lowercase letters, digits, `-` and `_`. Part of the URL.
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+    /// An inactive workflow answers 404 `workflow_inactive` and runs nothing.
+    #[serde(default = "default_true")]
+    pub active: bool,
+    #[serde(default)]
+    pub trigger: TriggerFile,
+    /// JSON Schema, inline.
+    pub schema: Option<serde_json::Value>,
+    /// JSON Schema in a JSON or YAML file, relative to the workflow file.
+    pub schema_file: Option<String>,
+    /// Variable name → where its value comes from. Order is kept.
+    #[serde(default)]
+    pub mapping: IndexMap<String, MappingRuleFile>,
+    /// Rhai script in the scripts folder. Without one, the result is the mapped variables.
+    pub script: Option<String>,
+    /// Overrides `scripts.timeout_ms` for this workflow.
+    pub script_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub response: ResponseModeFile,
+    /// Overrides `limits.max_body_bytes` for this workflow.
+    pub max_body_bytes: Option<usize>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggerFile {
+    /// HTTP methods that may call the workflow.
+    pub methods: Vec<String>,
+    pub api_key: ApiKeyPolicyFile,
+}
+
+impl Default for TriggerFile {
+    fn default() -> Self {
+        Self {
+            methods: vec!["POST".into()],
+            api_key: ApiKeyPolicyFile::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiKeyPolicyFile {
+    /// Whether a caller must present an API key. On unless turned off.
+    pub required: bool,
+    /// Names of the keys (from `gateway.yaml`) that may call; empty means every key.
+    pub keys: Vec<String>,
+}
+
+impl Default for ApiKeyPolicyFile {
+    fn default() -> Self {
+        Self {
+            required: true,
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// Where one variable comes from: exactly one of `pointer`, `header`, `query`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingRuleFile {
+    /// RFC 6901 JSON pointer into the payload.
+    pub pointer: Option<String>,
+    /// Request header name, case-insensitive.
+    pub header: Option<String>,
+    /// Query parameter name.
+    pub query: Option<String>,
+    #[serde(rename = "type", default)]
+    pub value_type: ValueTypeFile,
+    #[serde(default)]
+    pub required: bool,
+    pub default: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueTypeFile {
+    #[default]
+    Any,
+    String,
+    Integer,
+    Number,
+    Boolean,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseModeFile {
+    /// Answer 200 with the run's result.
+    #[default]
+    ReturnResults,
+    /// Answer 202 with the run id at once; the run goes on in the background.
+    Accept,
+}

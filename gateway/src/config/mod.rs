@@ -1,0 +1,255 @@
+//! Configuration: the files on disk (`file`), `${ENV}` expansion (`env`), and their validation
+//! into the model the rest of the gateway uses (`settings` for `gateway.yaml`, `workflow` for
+//! each workflow file).
+//!
+//! Loading never stops at the first problem: every error in every file is collected with its
+//! file and location, so `webhook-gateway check` can list them all at once. Scripts and schemas
+//! are compiled here, so a configuration that loads is one that can serve.
+
+pub mod env;
+pub mod file;
+mod settings;
+mod workflow;
+
+use crate::auth::{ApiKeys, KeyPolicy};
+use crate::mapping::Mapping;
+use crate::schema::Schema;
+use crate::script::{CompiledScript, ScriptEngine};
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest body limit the configuration may set, for the gateway or one workflow.
+pub const MAX_BODY_LIMIT_BYTES: usize = 100 * 1024 * 1024;
+
+/// A validated configuration, ready to serve.
+pub struct Config {
+    /// The `gateway.yaml` this was loaded from.
+    pub source: PathBuf,
+    pub server: ServerSettings,
+    /// `None` when no admin token is configured: the admin listener is then off.
+    pub admin: Option<AdminSettings>,
+    pub url_secret: Option<String>,
+    pub state_dir: PathBuf,
+    pub limits: Limits,
+    pub sandbox: SandboxLimits,
+    pub runs: RunSettings,
+    pub keys: ApiKeys,
+    pub engine: Arc<ScriptEngine>,
+    /// Sorted by id.
+    pub workflows: Vec<Arc<Workflow>>,
+}
+
+impl Config {
+    pub fn workflow(&self, id: &str) -> Option<&Arc<Workflow>> {
+        self.workflows.iter().find(|workflow| workflow.id == id)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: String,
+    /// Without a trailing slash.
+    pub public_base_url: String,
+    pub threads: usize,
+    pub idle_timeout: Duration,
+    pub body_read_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct AdminSettings {
+    pub listen: String,
+    pub token: String,
+}
+
+impl fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("listen", &self.listen)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_json_depth: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxLimits {
+    pub max_operations: u64,
+    pub max_call_levels: usize,
+    pub max_string_bytes: usize,
+    pub max_array_len: usize,
+    pub max_map_len: usize,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub workers: usize,
+    pub queue_capacity: usize,
+    pub max_records: u64,
+    pub record_ttl: Duration,
+}
+
+/// How the caller is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseMode {
+    /// 200 with the run's result.
+    ReturnResults,
+    /// 202 with the run id; the run goes on in the background.
+    Accept,
+}
+
+/// One workflow, validated and compiled.
+#[derive(Debug)]
+pub struct Workflow {
+    pub id: String,
+    pub description: String,
+    pub active: bool,
+    /// Uppercase method names.
+    pub methods: Vec<String>,
+    pub key_policy: KeyPolicy,
+    pub schema: Option<Schema>,
+    pub mapping: Mapping,
+    pub script: Option<CompiledScript>,
+    pub response: ResponseMode,
+    pub max_body_bytes: usize,
+    /// The workflow file.
+    pub source: PathBuf,
+}
+
+impl Workflow {
+    pub fn allows_method(&self, method: &str) -> bool {
+        self.methods.iter().any(|allowed| allowed == method)
+    }
+}
+
+/// One problem in one file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// A line and column, or a dotted field path such as `mapping.order_id.pointer`.
+    pub location: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.location.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.location, self.message)
+        }
+    }
+}
+
+/// Every problem found while loading.
+#[derive(Debug, Default)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for error in &self.0 {
+            writeln!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Collects the problems of one file.
+pub(crate) struct Problems<'a> {
+    file: &'a Path,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl<'a> Problems<'a> {
+    pub(crate) fn new(file: &'a Path, errors: &'a mut Vec<ConfigError>) -> Self {
+        Self { file, errors }
+    }
+
+    pub(crate) fn add(&mut self, location: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            location: location.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Checks that `value` lies in `range`, reporting it at `location` otherwise.
+    pub(crate) fn in_range<T>(&mut self, location: &str, value: T, range: std::ops::RangeInclusive<T>)
+    where
+        T: PartialOrd + fmt::Display,
+    {
+        if !range.contains(&value) {
+            let (low, high) = range.into_inner();
+            self.add(location, format!("{value} is outside {low}..={high}"));
+        }
+    }
+}
+
+/// Loads and validates `gateway.yaml` and every workflow it points at.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let gateway_file = read_yaml::<file::GatewayFile>(path, &mut errors)
+        .ok_or_else(|| ConfigErrors(std::mem::take(&mut errors)))?;
+
+    let base = path.parent().unwrap_or(Path::new("."));
+    let gateway = settings::validate(path, base, gateway_file, &mut errors);
+    let engine = Arc::new(ScriptEngine::new(&gateway.sandbox));
+    let workflows = workflow::load_all(&gateway, &engine, &mut errors);
+
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        server: gateway.server,
+        admin: gateway.admin,
+        url_secret: gateway.url_secret,
+        state_dir: gateway.state_dir,
+        limits: gateway.limits,
+        sandbox: gateway.sandbox,
+        runs: gateway.runs,
+        keys: gateway.keys,
+        engine,
+        workflows,
+    })
+}
+
+/// Reads a YAML file, expanding `${ENV}` first; problems go to `errors`.
+pub(crate) fn read_yaml<T: DeserializeOwned>(path: &Path, errors: &mut Vec<ConfigError>) -> Option<T> {
+    let mut problems = Problems::new(path, errors);
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) => {
+            problems.add("", format!("cannot read file: {error}"));
+            return None;
+        }
+    };
+
+    let expanded = env::expand(&text, |name| std::env::var(name).ok())
+        .map_err(|lines| {
+            for (line, message) in lines {
+                problems.add(format!("line {line}"), message);
+            }
+        })
+        .ok()?;
+
+    serde_yaml_ng::from_str(&expanded)
+        .map_err(|error| {
+            let location = error
+                .location()
+                .map(|at| format!("line {} column {}", at.line(), at.column()))
+                .unwrap_or_default();
+            problems.add(location, error.to_string());
+        })
+        .ok()
+}

@@ -1,0 +1,288 @@
+//! Validation of `workflows/*.yaml` into [`Workflow`]s: ids, triggers, schemas, mappings and
+//! scripts, each problem reported with the workflow file and the field it concerns.
+
+use super::file::{MappingRuleFile, ResponseModeFile, ValueTypeFile, WorkflowFile};
+use super::settings::GatewaySettings;
+use super::{read_yaml, ConfigError, Problems, ResponseMode, Workflow, MAX_BODY_LIMIT_BYTES};
+use crate::auth::KeyPolicy;
+use crate::mapping::{coerce, Mapping, Pointer, Rule, Source, ValueType};
+use crate::schema::Schema;
+use crate::script::{CompiledScript, ScriptEngine, RESERVED_NAMES};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most variables one workflow may map.
+const MAX_VARIABLES: usize = 256;
+
+/// Loads every `*.yaml` / `*.yml` file of the workflows folder, sorted by id.
+pub(super) fn load_all(
+    gateway: &GatewaySettings,
+    engine: &ScriptEngine,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Arc<Workflow>> {
+    let mut workflows = Vec::new();
+    for path in workflow_files(&gateway.workflows_dir, errors) {
+        let Some(file) = read_yaml::<WorkflowFile>(&path, errors) else {
+            continue;
+        };
+        if let Some(workflow) = validate(&path, file, gateway, engine, errors) {
+            workflows.push(Arc::new(workflow));
+        }
+    }
+
+    reject_duplicate_ids(&workflows, errors);
+    workflows.sort_by(|a, b| a.id.cmp(&b.id));
+    workflows
+}
+
+fn workflow_files(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<PathBuf> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) => {
+            Problems::new(dir, errors).add("", format!("cannot read the workflows folder: {error}"));
+            return Vec::new();
+        }
+    };
+
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    files
+}
+
+fn reject_duplicate_ids(workflows: &[Arc<Workflow>], errors: &mut Vec<ConfigError>) {
+    let mut first_seen: HashMap<&str, &Path> = HashMap::new();
+    for workflow in workflows {
+        if let Some(earlier) = first_seen.insert(&workflow.id, &workflow.source) {
+            Problems::new(&workflow.source, errors).add(
+                "id",
+                format!("{:?} is also the id of {}", workflow.id, earlier.display()),
+            );
+        }
+    }
+}
+
+fn validate(
+    path: &Path,
+    file: WorkflowFile,
+    gateway: &GatewaySettings,
+    engine: &ScriptEngine,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Workflow> {
+    let before = errors.len();
+    let mut problems = Problems::new(path, errors);
+    check_id(&file.id, &mut problems);
+
+    let workflow = Workflow {
+        methods: methods(&file.trigger.methods, &mut problems),
+        key_policy: key_policy(&file, gateway, &mut problems),
+        schema: schema(path, &file, &mut problems),
+        mapping: mapping(&file, &mut problems),
+        script: script(&file, gateway, engine, &mut problems),
+        response: match file.response {
+            ResponseModeFile::ReturnResults => ResponseMode::ReturnResults,
+            ResponseModeFile::Accept => ResponseMode::Accept,
+        },
+        max_body_bytes: body_limit(&file, gateway, &mut problems),
+        id: file.id,
+        description: file.description,
+        active: file.active,
+        source: path.to_path_buf(),
+    };
+    (errors.len() == before).then_some(workflow)
+}
+
+/// Ids appear in URLs and logs: lowercase letters, digits, `-` and `_`, at most 64.
+fn check_id(id: &str, problems: &mut Problems<'_>) {
+    let valid = (1..=64).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !valid {
+        problems.add(
+            "id",
+            format!("{id:?} must be 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit"),
+        );
+    }
+}
+
+fn methods(listed: &[String], problems: &mut Problems<'_>) -> Vec<String> {
+    if listed.is_empty() {
+        problems.add("trigger.methods", "lists no method");
+    }
+    let mut methods = Vec::new();
+    for method in listed {
+        let upper = method.trim().to_ascii_uppercase();
+        if http::Method::from_bytes(upper.as_bytes()).is_err() || upper.is_empty() {
+            problems.add("trigger.methods", format!("{method:?} is not an http method"));
+        } else if !methods.contains(&upper) {
+            methods.push(upper);
+        }
+    }
+    methods
+}
+
+fn key_policy(file: &WorkflowFile, gateway: &GatewaySettings, problems: &mut Problems<'_>) -> KeyPolicy {
+    let policy = &file.trigger.api_key;
+    for name in &policy.keys {
+        if !gateway.keys.contains_name(name) {
+            problems.add("trigger.api_key.keys", format!("no api key named {name:?} in gateway.yaml"));
+        }
+    }
+
+    match (policy.required, policy.keys.is_empty()) {
+        (false, false) => {
+            problems.add("trigger.api_key.keys", "lists keys but `required` is false");
+            KeyPolicy::Open
+        }
+        (false, true) => KeyPolicy::Open,
+        (true, true) => KeyPolicy::Required { allowed: None },
+        (true, false) => KeyPolicy::Required {
+            allowed: Some(policy.keys.iter().cloned().collect::<HashSet<_>>()),
+        },
+    }
+}
+
+fn schema(path: &Path, file: &WorkflowFile, problems: &mut Problems<'_>) -> Option<Schema> {
+    let document = match (&file.schema, &file.schema_file) {
+        (Some(_), Some(_)) => {
+            problems.add("schema", "give `schema` or `schema_file`, not both");
+            return None;
+        }
+        (Some(inline), None) => inline.clone(),
+        (None, Some(relative)) => read_schema_file(path, relative, problems)?,
+        (None, None) => return None,
+    };
+
+    Schema::compile(&document)
+        .map_err(|error| problems.add("schema", format!("invalid json schema: {error}")))
+        .ok()
+}
+
+/// Reads a schema file in JSON or YAML, relative to the workflow file.
+fn read_schema_file(
+    workflow_path: &Path,
+    relative: &str,
+    problems: &mut Problems<'_>,
+) -> Option<serde_json::Value> {
+    let path = workflow_path.parent().unwrap_or(Path::new(".")).join(relative);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|error| problems.add("schema_file", format!("cannot read {}: {error}", path.display())))
+        .ok()?;
+
+    serde_yaml_ng::from_str(&text)
+        .map_err(|error| problems.add("schema_file", format!("{}: {error}", path.display())))
+        .ok()
+}
+
+fn mapping(file: &WorkflowFile, problems: &mut Problems<'_>) -> Mapping {
+    if file.mapping.len() > MAX_VARIABLES {
+        problems.add("mapping", format!("maps more than {MAX_VARIABLES} variables"));
+    }
+    let rules = file
+        .mapping
+        .iter()
+        .filter_map(|(name, rule)| mapping_rule(name, rule, problems))
+        .collect();
+    Mapping::new(rules)
+}
+
+fn mapping_rule(name: &str, rule: &MappingRuleFile, problems: &mut Problems<'_>) -> Option<Rule> {
+    let location = format!("mapping.{name}");
+    check_variable_name(name, &location, problems);
+
+    let source = mapping_source(rule, &location, problems)?;
+    let value_type = match rule.value_type {
+        ValueTypeFile::Any => ValueType::Any,
+        ValueTypeFile::String => ValueType::String,
+        ValueTypeFile::Integer => ValueType::Integer,
+        ValueTypeFile::Number => ValueType::Number,
+        ValueTypeFile::Boolean => ValueType::Boolean,
+    };
+
+    if rule.required && rule.default.is_some() {
+        problems.add(&location, "a required variable cannot have a default");
+    }
+    let default = match rule.default.clone().map(|value| coerce(value, value_type)) {
+        Some(Err(reason)) => {
+            problems.add(format!("{location}.default"), format!("default {reason}"));
+            None
+        }
+        other => other.and_then(Result::ok),
+    };
+
+    Some(Rule {
+        name: name.to_string(),
+        source,
+        value_type,
+        required: rule.required,
+        default,
+    })
+}
+
+/// Variables become Rhai variables, so they must be Rhai identifiers.
+fn check_variable_name(name: &str, location: &str, problems: &mut Problems<'_>) {
+    let mut chars = name.chars();
+    let identifier = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !identifier {
+        problems.add(location, "variable names must be letters, digits and '_', not starting with a digit");
+    } else if RESERVED_NAMES.contains(&name) {
+        problems.add(location, format!("{name:?} is reserved; scripts already see it"));
+    }
+}
+
+fn mapping_source(rule: &MappingRuleFile, location: &str, problems: &mut Problems<'_>) -> Option<Source> {
+    match (&rule.pointer, &rule.header, &rule.query) {
+        (Some(pointer), None, None) => Pointer::parse(pointer)
+            .map(Source::Body)
+            .map_err(|error| problems.add(format!("{location}.pointer"), error))
+            .ok(),
+        (None, Some(header), None) => match http::HeaderName::from_bytes(header.trim().as_bytes()) {
+            Ok(name) => Some(Source::Header(name.as_str().to_string())),
+            Err(_) => {
+                problems.add(format!("{location}.header"), format!("{header:?} is not a header name"));
+                None
+            }
+        },
+        (None, None, Some(query)) if !query.is_empty() => Some(Source::Query(query.clone())),
+        _ => {
+            problems.add(location, "needs exactly one of `pointer`, `header` or `query`");
+            None
+        }
+    }
+}
+
+fn script(
+    file: &WorkflowFile,
+    gateway: &GatewaySettings,
+    engine: &ScriptEngine,
+    problems: &mut Problems<'_>,
+) -> Option<CompiledScript> {
+    let timeout = match file.script_timeout_ms {
+        Some(ms) => {
+            problems.in_range("script_timeout_ms", ms, 1..=60_000);
+            Duration::from_millis(ms)
+        }
+        None => gateway.sandbox.timeout,
+    };
+
+    let name = file.script.as_deref()?;
+    engine
+        .compile(&gateway.scripts_dir.join(name), timeout)
+        .map_err(|error| problems.add("script", error))
+        .ok()
+}
+
+fn body_limit(file: &WorkflowFile, gateway: &GatewaySettings, problems: &mut Problems<'_>) -> usize {
+    match file.max_body_bytes {
+        Some(limit) => {
+            problems.in_range("max_body_bytes", limit, 1..=MAX_BODY_LIMIT_BYTES);
+            limit
+        }
+        None => gateway.limits.max_body_bytes,
+    }
+}

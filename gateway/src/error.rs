@@ -1,0 +1,193 @@
+//! The errors a webhook request can end with, and the one place that decides their HTTP
+//! status, stable error code and JSON body.
+//!
+//! Every refusal the edge sends goes through [`GatewayError`]; nothing else in the crate picks
+//! a status code for an error. Messages are lowercase, name the offending value where that is
+//! safe, and never carry secrets or script internals.
+
+use serde_json::{json, Value};
+
+/// One schema violation: where in the payload, and what is wrong there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    /// JSON pointer into the payload (`""` for the document itself).
+    pub instance_path: String,
+    pub message: String,
+}
+
+/// Why a webhook request did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no workflow is reachable at this url")]
+    NotFound,
+
+    #[error("workflow {0} is not active")]
+    WorkflowInactive(String),
+
+    #[error("method {method} is not allowed here; allowed: {allowed}")]
+    MethodNotAllowed { method: String, allowed: String },
+
+    #[error("{0}")]
+    Unauthorized(&'static str),
+
+    #[error("request body exceeds the limit of {limit_bytes} bytes")]
+    PayloadTooLarge { limit_bytes: usize },
+
+    #[error("content type {0:?} is not accepted; send application/json")]
+    UnsupportedMediaType(String),
+
+    #[error("request body is not valid json: {0}")]
+    InvalidJson(String),
+
+    #[error("json nesting is deeper than the limit of {limit} levels")]
+    JsonTooDeep { limit: usize },
+
+    #[error("payload does not match the workflow's schema ({} violation(s))", .0.len())]
+    SchemaViolation(Vec<Violation>),
+
+    #[error("required field {0:?} is missing")]
+    MissingField(String),
+
+    #[error("field {name:?} {reason}")]
+    InvalidField { name: String, reason: String },
+
+    #[error("{message}")]
+    Rejected { status: u16, message: String },
+
+    #[error("the workflow's script failed")]
+    ScriptError,
+
+    #[error("the workflow's script {0}")]
+    ScriptTimeout(&'static str),
+
+    #[error("too many runs are waiting; retry later")]
+    Overloaded { retry_after_seconds: u64 },
+
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
+
+    #[error("the request could not be read: {0}")]
+    BadRequest(String),
+
+    #[error("the gateway failed to answer")]
+    Internal,
+}
+
+impl GatewayError {
+    /// The HTTP status a client expects for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::NotFound | Self::WorkflowInactive(_) => 404,
+            Self::MethodNotAllowed { .. } => 405,
+            Self::Unauthorized(_) => 401,
+            Self::PayloadTooLarge { .. } => 413,
+            Self::UnsupportedMediaType(_) => 415,
+            Self::InvalidJson(_) | Self::JsonTooDeep { .. } | Self::BadRequest(_) => 400,
+            Self::SchemaViolation(_) | Self::MissingField(_) | Self::InvalidField { .. } => 422,
+            Self::Rejected { status, .. } => *status,
+            Self::ScriptError | Self::Internal => 500,
+            Self::ScriptTimeout(_) => 504,
+            Self::Overloaded { .. } => 503,
+            Self::RequestTimeout => 408,
+        }
+    }
+
+    /// The stable, machine-readable code. Clients branch on this, so it never changes.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::WorkflowInactive(_) => "workflow_inactive",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::InvalidJson(_) => "invalid_json",
+            Self::JsonTooDeep { .. } => "json_too_deep",
+            Self::SchemaViolation(_) => "schema_violation",
+            Self::MissingField(_) => "missing_field",
+            Self::InvalidField { .. } => "invalid_field",
+            Self::Rejected { .. } => "rejected",
+            Self::ScriptError => "script_error",
+            Self::ScriptTimeout(_) => "script_timeout",
+            Self::Overloaded { .. } => "overloaded",
+            Self::RequestTimeout => "request_timeout",
+            Self::BadRequest(_) => "bad_request",
+            Self::Internal => "internal_error",
+        }
+    }
+
+    /// Headers the status calls for (`Allow` on 405, `Retry-After` on 503, ...).
+    pub fn extra_headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::MethodNotAllowed { allowed, .. } => vec![("allow", allowed.clone())],
+            Self::Overloaded {
+                retry_after_seconds,
+            } => vec![("retry-after", retry_after_seconds.to_string())],
+            Self::Unauthorized(_) => vec![(
+                "www-authenticate",
+                "Bearer realm=\"webhook-gateway\"".to_string(),
+            )],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The JSON body: `{"error": {"code", "message", ...}}`, with the run id when there is one.
+    pub fn to_json(&self, run_id: Option<&str>) -> Value {
+        let mut error = json!({ "code": self.code(), "message": self.to_string() });
+
+        match self {
+            Self::SchemaViolation(violations) => {
+                let listed: Vec<Value> = violations
+                    .iter()
+                    .map(|v| json!({ "instance_path": v.instance_path, "message": v.message }))
+                    .collect();
+                error["violations"] = Value::Array(listed);
+            }
+            Self::MissingField(name) | Self::InvalidField { name, .. } => {
+                error["field"] = Value::String(name.clone());
+            }
+            _ => {}
+        }
+
+        if let Some(run_id) = run_id {
+            error["run_id"] = Value::String(run_id.to_string());
+        }
+        json!({ "error": error })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_a_client_status_or_a_documented_server_one() {
+        let cases = [
+            (GatewayError::NotFound, 404, "not_found"),
+            (GatewayError::PayloadTooLarge { limit_bytes: 1 }, 413, "payload_too_large"),
+            (GatewayError::ScriptTimeout("timed out"), 504, "script_timeout"),
+            (
+                GatewayError::Overloaded {
+                    retry_after_seconds: 1,
+                },
+                503,
+                "overloaded",
+            ),
+        ];
+        for (error, status, code) in cases {
+            assert_eq!(error.status(), status);
+            assert_eq!(error.code(), code);
+        }
+    }
+
+    #[test]
+    fn error_body_carries_run_id_and_violations() {
+        let error = GatewayError::SchemaViolation(vec![Violation {
+            instance_path: "/id".into(),
+            message: "bad".into(),
+        }]);
+        let body = error.to_json(Some("run-1"));
+        assert_eq!(body["error"]["run_id"], "run-1");
+        assert_eq!(body["error"]["violations"][0]["instance_path"], "/id");
+    }
+}

@@ -1,0 +1,152 @@
+//! Turning request bytes into an event: the media type check, the nesting limit and the JSON
+//! parse. Reading the bytes off the socket (and the size cap) belongs to `edge`.
+//!
+//! Numbers are parsed with arbitrary precision, so integers beyond 2^53 or 64 bits keep their
+//! exact digits through validation, mapping and the JSON the gateway sends back.
+
+use crate::error::GatewayError;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Accepts JSON media types: `application/json` and any `+json` suffix, matched
+/// case-insensitively with parameters ignored (RFC 9110 §8.3.1). A request without a
+/// `Content-Type` is read as JSON, since many senders omit it.
+pub fn check_content_type(content_type: Option<&str>) -> Result<(), GatewayError> {
+    let Some(raw) = content_type else {
+        return Ok(());
+    };
+    let essence = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+
+    let is_json = essence == "application/json"
+        || (essence.ends_with("+json") && essence.contains('/'));
+    if is_json {
+        Ok(())
+    } else {
+        Err(GatewayError::UnsupportedMediaType(truncate(raw, 100)))
+    }
+}
+
+/// Parses a JSON body. An empty body (or one of only white space) is the event `null`, so a
+/// sender's empty ping reaches the schema, which decides whether that is acceptable.
+pub fn parse_json(body: &[u8], max_depth: usize) -> Result<Value, GatewayError> {
+    // A UTF-8 byte-order mark is not JSON (RFC 8259 §8.1) but some senders add it.
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+
+    if nesting_exceeds(body, max_depth) {
+        return Err(GatewayError::JsonTooDeep { limit: max_depth });
+    }
+
+    // The depth was bounded above, so serde_json's own fixed limit of 128 is not needed.
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    deserializer.disable_recursion_limit();
+    let value = Value::deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|error| GatewayError::InvalidJson(error.to_string()))?;
+    Ok(value)
+}
+
+/// Whether arrays and objects nest deeper than `max_depth` anywhere in `body`.
+///
+/// A linear scan that skips string contents; it runs before parsing so that a hostile
+/// document cannot drive the parser's recursion.
+fn nesting_exceeds(body: &[u8], max_depth: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+
+    for &byte in body {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_json_media_types_in_any_case_with_parameters() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/vnd.github+json",
+        ] {
+            assert!(check_content_type(Some(ok)).is_ok(), "{ok}");
+        }
+        assert!(check_content_type(None).is_ok());
+        for refused in ["text/plain", "application/jsonx", "+json"] {
+            assert!(check_content_type(Some(refused)).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn counts_nesting_outside_strings_only() {
+        let deep = format!("{}0{}", "[".repeat(200), "]".repeat(200));
+        assert!(parse_json(deep.as_bytes(), 200).is_ok());
+        assert!(matches!(
+            parse_json(deep.as_bytes(), 199),
+            Err(GatewayError::JsonTooDeep { limit: 199 })
+        ));
+        let brackets_in_string = format!(r#"{{"s": "{}\"["}}"#, "[".repeat(500));
+        assert!(parse_json(brackets_in_string.as_bytes(), 2).is_ok());
+    }
+
+    #[test]
+    fn survives_ten_thousand_levels_without_recursing() {
+        let hostile = format!(r#"{{"x":{}0{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        assert!(matches!(
+            parse_json(hostile.as_bytes(), 256),
+            Err(GatewayError::JsonTooDeep { .. })
+        ));
+    }
+
+    #[test]
+    fn empty_body_is_null_and_bom_is_tolerated() {
+        assert_eq!(parse_json(b"", 8).unwrap(), Value::Null);
+        assert_eq!(parse_json(b" \n", 8).unwrap(), Value::Null);
+        assert_eq!(parse_json(b"\xEF\xBB\xBF{}", 8).unwrap(), serde_json::json!({}));
+    }
+
+    #[test]
+    fn keeps_big_integers_and_decimals_exact() {
+        let body = br#"{"big":9223372036854775808,"neg":-9223372036854775809,"f":0.1}"#;
+        let value = parse_json(body, 8).unwrap();
+        assert_eq!(value["big"].to_string(), "9223372036854775808");
+        assert_eq!(value["neg"].to_string(), "-9223372036854775809");
+        assert_eq!(value["f"].to_string(), "0.1");
+    }
+
+    #[test]
+    fn trailing_garbage_is_invalid_json() {
+        assert!(matches!(
+            parse_json(b"{} x", 8),
+            Err(GatewayError::InvalidJson(_))
+        ));
+    }
+}

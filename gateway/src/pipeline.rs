@@ -1,0 +1,146 @@
+//! The part of a run that does not depend on HTTP: decode and validate the payload, map it
+//! to variables (`prepare`), then run the workflow's logic (`execute`). The edge, the
+//! background pool and `webhook-gateway test` all go through these two functions, so an
+//! offline test behaves exactly like a real request.
+
+use crate::config::{Limits, Workflow};
+use crate::error::GatewayError;
+use crate::mapping::MappingInput;
+use crate::payload;
+use crate::script::{ScriptEngine, ScriptFailure, ScriptInput};
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+/// Headers a script never sees: they carry the caller's credentials.
+const HIDDEN_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "x-api-key", "cookie"];
+
+/// What a request brings, read off the wire.
+pub struct RequestParts<'a> {
+    pub headers: &'a HeaderMap,
+    /// The raw query string, without `?`.
+    pub query: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// A validated, mapped event, ready for the workflow's logic.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub event: Value,
+    pub variables: Map<String, Value>,
+    /// Lowercased header names; repeated headers joined with ", " (RFC 9110 §5.3).
+    pub headers: Map<String, Value>,
+    /// The first value of each query parameter.
+    pub query: Map<String, Value>,
+}
+
+/// Decodes, validates and maps a request for `workflow`.
+pub fn prepare(workflow: &Workflow, limits: &Limits, parts: &RequestParts<'_>) -> Result<Prepared, GatewayError> {
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|value| value.to_str().unwrap_or("(not text)"));
+    payload::check_content_type(content_type)?;
+    let event = payload::parse_json(parts.body, limits.max_json_depth)?;
+
+    if let Some(schema) = &workflow.schema {
+        let violations = schema.violations(&event);
+        if !violations.is_empty() {
+            return Err(GatewayError::SchemaViolation(violations));
+        }
+    }
+
+    let query = parse_query(parts.query);
+    let variables = workflow.mapping.apply(&MappingInput {
+        event: &event,
+        headers: parts.headers,
+        query: &query,
+    })?;
+
+    Ok(Prepared {
+        event,
+        variables,
+        headers: visible_headers(parts.headers),
+        query: first_values(query),
+    })
+}
+
+/// Runs the workflow's script, or, for a workflow without one, returns the mapped variables.
+pub fn execute(
+    engine: &ScriptEngine,
+    workflow: &Workflow,
+    prepared: &Prepared,
+    run_id: &str,
+) -> Result<Value, GatewayError> {
+    let Some(script) = &workflow.script else {
+        return Ok(Value::Object(prepared.variables.clone()));
+    };
+
+    let input = ScriptInput {
+        variables: &prepared.variables,
+        event: &prepared.event,
+        headers: &prepared.headers,
+        query: &prepared.query,
+    };
+    engine.run(script, &input).map_err(|failure| {
+        into_gateway_error(failure, workflow, run_id)
+    })
+}
+
+fn into_gateway_error(failure: ScriptFailure, workflow: &Workflow, run_id: &str) -> GatewayError {
+    match failure {
+        ScriptFailure::Rejected { status, message } => GatewayError::Rejected { status, message },
+        ScriptFailure::TimedOut => GatewayError::ScriptTimeout("ran past its time limit"),
+        ScriptFailure::BudgetExhausted => GatewayError::ScriptTimeout("ran out of its operation budget"),
+        ScriptFailure::Runtime(detail) => {
+            // The detail stays in the log: it can quote script source and payload values.
+            tracing::warn!(
+                workflow.id = %workflow.id,
+                run.id = run_id,
+                script.file = %script_name(workflow),
+                error.detail = %detail,
+                "script failed"
+            );
+            GatewayError::ScriptError
+        }
+    }
+}
+
+fn script_name(workflow: &Workflow) -> String {
+    workflow
+        .script
+        .as_ref()
+        .map(|script| script.file.display().to_string())
+        .unwrap_or_default()
+}
+
+/// Decodes `a=1&b=x%20y` into pairs, in order.
+pub fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn first_values(pairs: Vec<(String, String)>) -> Map<String, Value> {
+    let mut map = Map::new();
+    for (name, value) in pairs {
+        map.entry(name).or_insert(Value::String(value));
+    }
+    map
+}
+
+fn visible_headers(headers: &HeaderMap) -> Map<String, Value> {
+    let mut map = Map::new();
+    for name in headers.keys() {
+        if HIDDEN_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        let joined = headers
+            .get_all(name)
+            .iter()
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ");
+        map.insert(name.as_str().to_string(), Value::String(joined));
+    }
+    map
+}
