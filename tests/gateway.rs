@@ -1,1 +1,11 @@
-fn main(){}
+//! Black-box tests: each starts the real `webhook-gateway` binary on free loopback ports and
+//! speaks HTTP to it. Grouped by concern; `support` holds the harness.
+
+mod support;
+
+mod admin_and_runs;
+mod auth;
+mod cli;
+mod examples;
+mod mapping_and_scripts;
+mod payload;

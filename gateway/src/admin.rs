@@ -74,7 +74,10 @@ impl ServeHttp for AdminApi {
             let request = session.req_header();
             self.route(&request.method, request.uri.path())
         } else {
-            Reply::error(&GatewayError::Unauthorized("an admin token is required"), None)
+            Reply::error(
+                &GatewayError::Unauthorized("an admin token is required"),
+                None,
+            )
         };
         into_response(reply)
     }

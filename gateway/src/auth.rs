@@ -36,7 +36,10 @@ pub struct ApiKeys {
 impl ApiKeys {
     pub fn new(keys: impl IntoIterator<Item = (String, KeyDigest)>) -> Self {
         Self {
-            by_digest: keys.into_iter().map(|(name, digest)| (digest, name)).collect(),
+            by_digest: keys
+                .into_iter()
+                .map(|(name, digest)| (digest, name))
+                .collect(),
         }
     }
 
@@ -53,8 +56,8 @@ impl ApiKeys {
         let KeyPolicy::Required { allowed } = policy else {
             return Ok(None);
         };
-        let presented = presented_key(headers)
-            .ok_or(GatewayError::Unauthorized("an api key is required"))?;
+        let presented =
+            presented_key(headers).ok_or(GatewayError::Unauthorized("an api key is required"))?;
 
         let name = self
             .find(presented)
@@ -77,7 +80,11 @@ impl ApiKeys {
 /// The key a caller sent: `X-API-Key`, or else `Authorization: Bearer <key>`.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get("x-api-key") {
-        return value.to_str().ok().map(str::trim).filter(|key| !key.is_empty());
+        return value
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|key| !key.is_empty());
     }
     let authorization = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = authorization.trim().split_once(' ')?;
@@ -128,8 +135,12 @@ mod tests {
     fn refuses_missing_wrong_and_unlisted_keys() {
         let any = KeyPolicy::Required { allowed: None };
         assert!(keys().authenticate(&any, &HeaderMap::new()).is_err());
-        assert!(keys().authenticate(&any, &headers("x-api-key", "nope")).is_err());
-        assert!(keys().authenticate(&any, &headers("authorization", "Basic ci-key")).is_err());
+        assert!(keys()
+            .authenticate(&any, &headers("x-api-key", "nope"))
+            .is_err());
+        assert!(keys()
+            .authenticate(&any, &headers("authorization", "Basic ci-key"))
+            .is_err());
 
         let only_ci = KeyPolicy::Required {
             allowed: Some(HashSet::from(["ci".to_string()])),
@@ -141,6 +152,11 @@ mod tests {
 
     #[test]
     fn open_policy_needs_no_key() {
-        assert_eq!(keys().authenticate(&KeyPolicy::Open, &HeaderMap::new()).unwrap(), None);
+        assert_eq!(
+            keys()
+                .authenticate(&KeyPolicy::Open, &HeaderMap::new())
+                .unwrap(),
+            None
+        );
     }
 }

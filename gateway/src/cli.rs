@@ -13,14 +13,23 @@ use crate::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "webhook-gateway", version, about = "Turns webhook requests into workflow runs")]
+#[command(
+    name = "webhook-gateway",
+    version,
+    about = "Turns webhook requests into workflow runs"
+)]
 pub struct Cli {
     /// The gateway configuration file.
-    #[arg(long, global = true, default_value = "gateway.yaml", env = "WEBHOOK_GATEWAY_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "gateway.yaml",
+        env = "WEBHOOK_GATEWAY_CONFIG"
+    )]
     pub config: PathBuf,
 
     /// Log line format on stderr.
@@ -84,7 +93,10 @@ pub enum KeysCommand {
 pub fn run(cli: Cli) -> ExitCode {
     telemetry::init(cli.log_format);
     let outcome = match cli.command {
-        Command::Run { listen, admin_listen } => serve(&cli.config, listen, admin_listen),
+        Command::Run {
+            listen,
+            admin_listen,
+        } => serve(&cli.config, listen, admin_listen),
         Command::Check => check(&cli.config),
         Command::Urls { json } => urls(&cli.config, json),
         Command::Keys {
@@ -98,7 +110,13 @@ pub fn run(cli: Cli) -> ExitCode {
             event,
             headers,
             query,
-        } => test(&cli.config, &workflow_id, &event, &headers, query.as_deref()),
+        } => test(
+            &cli.config,
+            &workflow_id,
+            &event,
+            &headers,
+            query.as_deref(),
+        ),
     };
 
     match outcome {
@@ -112,14 +130,18 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn load(path: &PathBuf) -> Result<Config, String> {
+fn load(path: &Path) -> Result<Config, String> {
     config::load(path).map_err(|errors| {
         let count = errors.0.len();
         format!("{errors}{count} problem(s) in the configuration")
     })
 }
 
-fn serve(path: &PathBuf, listen: Option<String>, admin_listen: Option<String>) -> Result<(), String> {
+fn serve(
+    path: &Path,
+    listen: Option<String>,
+    admin_listen: Option<String>,
+) -> Result<(), String> {
     let mut config = load(path)?;
     if let Some(listen) = listen {
         check_address(&listen, "--listen")?;
@@ -141,11 +163,19 @@ fn check_address(address: &str, flag: &str) -> Result<(), String> {
         .map_err(|_| format!("{flag} {address:?} is not an ip:port address"))
 }
 
-fn check(path: &PathBuf) -> Result<(), String> {
+fn check(path: &Path) -> Result<(), String> {
     let config = load(path)?;
     let active = config.workflows.iter().filter(|w| w.active).count();
-    let scripts = config.workflows.iter().filter(|w| w.script.is_some()).count();
-    let schemas = config.workflows.iter().filter(|w| w.schema.is_some()).count();
+    let scripts = config
+        .workflows
+        .iter()
+        .filter(|w| w.script.is_some())
+        .count();
+    let schemas = config
+        .workflows
+        .iter()
+        .filter(|w| w.schema.is_some())
+        .count();
     println!(
         "ok: {} workflows ({active} active), {scripts} scripts and {schemas} schemas compiled",
         config.workflows.len()
@@ -153,7 +183,7 @@ fn check(path: &PathBuf) -> Result<(), String> {
     Ok(())
 }
 
-fn urls(path: &PathBuf, as_json: bool) -> Result<(), String> {
+fn urls(path: &Path, as_json: bool) -> Result<(), String> {
     let config = load(path)?;
     let secret = UrlSecret::resolve(config.url_secret.as_deref(), &config.state_dir)
         .map_err(|error| format!("url secret: {error}"))?;
@@ -195,13 +225,15 @@ fn generate_key(name: &str) {
     let key = auth::generate_key();
     let digest = hex::encode(auth::digest(&key));
     println!("key: {key}");
-    println!("Give the key to the caller; store only its hash. Add this under api_keys in gateway.yaml:");
+    println!(
+        "Give the key to the caller; store only its hash. Add this under api_keys in gateway.yaml:"
+    );
     println!("  - name: {name}");
     println!("    sha256: \"{digest}\"");
 }
 
 fn test(
-    path: &PathBuf,
+    path: &Path,
     workflow_id: &str,
     event: &PathBuf,
     header_lines: &[String],
@@ -220,9 +252,9 @@ fn test(
         body: &body,
     };
     let run_id = crate::runs::new_run_id();
-    let outcome = pipeline::prepare(workflow, &config.limits, &parts).and_then(|prepared| {
+    let outcome = pipeline::prepare(workflow, &config.limits, &parts).map(|prepared| {
         let result = pipeline::execute(&config.engine, workflow, &prepared, &run_id);
-        Ok((prepared, result))
+        (prepared, result)
     });
 
     let report = match outcome {
@@ -232,14 +264,21 @@ fn test(
         Ok((prepared, Err(error))) => failure_report(workflow_id, Some(prepared.variables), &error),
         Err(error) => failure_report(workflow_id, None, &error),
     };
-    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
     if report.get("error").is_some() {
         return Err(String::new());
     }
     Ok(())
 }
 
-fn failure_report(workflow_id: &str, variables: Option<serde_json::Map<String, Value>>, error: &GatewayError) -> Value {
+fn failure_report(
+    workflow_id: &str,
+    variables: Option<serde_json::Map<String, Value>>,
+    error: &GatewayError,
+) -> Value {
     let mut report = error.to_json(None);
     report["workflow"] = json!(workflow_id);
     report["status"] = json!(error.status());

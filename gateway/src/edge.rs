@@ -40,10 +40,17 @@ impl Edge {
         Self { state }
     }
 
-    async fn process(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<Reply, GatewayError> {
+    async fn process(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<Reply, GatewayError> {
         let state = &self.state;
         let request = session.req_header();
-        let workflow = state.router.route(request.uri.path()).ok_or(GatewayError::NotFound)?;
+        let workflow = state
+            .router
+            .route(request.uri.path())
+            .ok_or(GatewayError::NotFound)?;
         let workflow = Arc::clone(workflow);
         ctx.workflow_id = Some(workflow.id.clone());
 
@@ -57,7 +64,10 @@ impl Edge {
                 allowed: workflow.methods.join(", "),
             });
         }
-        state.config.keys.authenticate(&workflow.key_policy, &request.headers)?;
+        state
+            .config
+            .keys
+            .authenticate(&workflow.key_policy, &request.headers)?;
         let declared = declared_length(session, workflow.max_body_bytes)?;
 
         let body = read_body(session, workflow.max_body_bytes, declared).await?;
@@ -73,7 +83,8 @@ impl Edge {
         ctx.run_id = Some(run_id.clone());
         match workflow.response {
             ResponseMode::ReturnResults => {
-                let result = pipeline::execute(&state.config.engine, &workflow, &prepared, &run_id)?;
+                let result =
+                    pipeline::execute(&state.config.engine, &workflow, &prepared, &run_id)?;
                 Ok(Reply::json(200, &result).with_header("x-run-id", run_id))
             }
             ResponseMode::Accept => {
@@ -87,7 +98,11 @@ impl Edge {
 
 /// The declared Content-Length, refused with 413 before any byte of the body is read.
 fn declared_length(session: &Session, limit: usize) -> Result<Option<usize>, GatewayError> {
-    let Some(value) = session.req_header().headers.get(http::header::CONTENT_LENGTH) else {
+    let Some(value) = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+    else {
         return Ok(None);
     };
     let length = value
@@ -104,7 +119,11 @@ fn declared_length(session: &Session, limit: usize) -> Result<Option<usize>, Gat
 
 /// Reads the whole body, failing with 413 as soon as it passes `limit`: the rest is never
 /// buffered, and the connection is closed after the answer.
-async fn read_body(session: &mut Session, limit: usize, declared: Option<usize>) -> Result<Bytes, GatewayError> {
+async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    declared: Option<usize>,
+) -> Result<Bytes, GatewayError> {
     let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
     loop {
         match session.read_request_body().await {
@@ -118,7 +137,11 @@ async fn read_body(session: &mut Session, limit: usize, declared: Option<usize>)
             Err(error) if matches!(error.etype(), ErrorType::ReadTimedout) => {
                 return Err(GatewayError::RequestTimeout)
             }
-            Err(error) => return Err(GatewayError::BadRequest(error.etype().as_str().to_lowercase())),
+            Err(error) => {
+                return Err(GatewayError::BadRequest(
+                    error.etype().as_str().to_lowercase(),
+                ))
+            }
         }
     }
 }
@@ -133,7 +156,9 @@ async fn send(session: &mut Session, reply: Reply) -> pingora::Result<()> {
 
     // A HEAD answer carries the headers of the body it does not send (RFC 9110 §9.3.2).
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(header), head_only).await?;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(reply.body), true).await?;
     }
@@ -154,7 +179,11 @@ impl ProxyHttp for Edge {
         }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> pingora::Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
         // Pingora keeps idle HTTP/1.1 connections open forever unless told otherwise.
         let server = &self.state.config.server;
         session.set_keepalive(Some(server.idle_timeout.as_secs()));
@@ -162,7 +191,11 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<bool> {
         let reply = match self.process(session, ctx).await {
             Ok(reply) => reply,
             Err(error) => {
@@ -175,9 +208,16 @@ impl ProxyHttp for Edge {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> pingora::Result<Box<HttpPeer>> {
         // Every webhook request is answered in request_filter; nothing reaches this phase.
-        Err(Error::explain(ErrorType::HTTPStatus(502), "no upstream for webhook routes"))
+        Err(Error::explain(
+            ErrorType::HTTPStatus(502),
+            "no upstream for webhook routes",
+        ))
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {

@@ -164,8 +164,16 @@ mod tests {
     fn every_error_maps_to_a_client_status_or_a_documented_server_one() {
         let cases = [
             (GatewayError::NotFound, 404, "not_found"),
-            (GatewayError::PayloadTooLarge { limit_bytes: 1 }, 413, "payload_too_large"),
-            (GatewayError::ScriptTimeout("timed out"), 504, "script_timeout"),
+            (
+                GatewayError::PayloadTooLarge { limit_bytes: 1 },
+                413,
+                "payload_too_large",
+            ),
+            (
+                GatewayError::ScriptTimeout("timed out"),
+                504,
+                "script_timeout",
+            ),
             (
                 GatewayError::Overloaded {
                     retry_after_seconds: 1,

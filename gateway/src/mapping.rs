@@ -27,7 +27,9 @@ impl Pointer {
             });
         }
         let Some(body) = text.strip_prefix('/') else {
-            return Err(format!("json pointer {text:?} must be empty or start with '/'"));
+            return Err(format!(
+                "json pointer {text:?} must be empty or start with '/'"
+            ));
         };
 
         let tokens = body
@@ -145,12 +147,12 @@ impl Mapping {
 
         for rule in &self.rules {
             let value = match lookup(&rule.source, input) {
-                Some(found) => coerce(found, rule.value_type).map_err(|reason| {
-                    GatewayError::InvalidField {
+                Some(found) => {
+                    coerce(found, rule.value_type).map_err(|reason| GatewayError::InvalidField {
                         name: rule.name.clone(),
                         reason,
-                    }
-                })?,
+                    })?
+                }
                 None if rule.required => return Err(GatewayError::MissingField(rule.name.clone())),
                 None => rule.default.clone().unwrap_or(Value::Null),
             };
@@ -266,7 +268,10 @@ mod tests {
     }
 
     fn at(pointer: &str) -> Option<Value> {
-        Pointer::parse(pointer).unwrap().resolve(&document()).cloned()
+        Pointer::parse(pointer)
+            .unwrap()
+            .resolve(&document())
+            .cloned()
     }
 
     #[test]
@@ -278,7 +283,10 @@ mod tests {
         assert_eq!(at("/a~0b"), Some(json!(1)));
         assert_eq!(at("/x~01y"), Some(json!(2)));
         assert_eq!(at("/"), Some(json!("empty-key")));
-        assert_eq!(at("/m/application~1vnd.x+json; v=1/s"), Some(json!("Medium")));
+        assert_eq!(
+            at("/m/application~1vnd.x+json; v=1/s"),
+            Some(json!("Medium"))
+        );
         assert_eq!(at("/list/1"), Some(json!(20)));
         assert_eq!(at("/list/01"), None);
         assert_eq!(at("/missing"), None);
@@ -302,8 +310,16 @@ mod tests {
     #[test]
     fn coerces_simple_types_and_explains_refusals() {
         assert_eq!(coerce(json!(42), ValueType::String).unwrap(), json!("42"));
-        assert_eq!(coerce(json!("yes"), ValueType::Boolean).unwrap(), json!(true));
-        assert_eq!(coerce(json!(" 7 "), ValueType::Integer).unwrap().to_string(), "7");
+        assert_eq!(
+            coerce(json!("yes"), ValueType::Boolean).unwrap(),
+            json!(true)
+        );
+        assert_eq!(
+            coerce(json!(" 7 "), ValueType::Integer)
+                .unwrap()
+                .to_string(),
+            "7"
+        );
         assert!(coerce(json!(1.5), ValueType::Integer).is_err());
         assert!(coerce(json!("1e3"), ValueType::Integer).is_err());
         assert!(coerce(json!({"a": 1}), ValueType::String)

@@ -15,10 +15,15 @@ pub fn check_content_type(content_type: Option<&str>) -> Result<(), GatewayError
     let Some(raw) = content_type else {
         return Ok(());
     };
-    let essence = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
 
-    let is_json = essence == "application/json"
-        || (essence.ends_with("+json") && essence.contains('/'));
+    let is_json =
+        essence == "application/json" || (essence.ends_with("+json") && essence.contains('/'));
     if is_json {
         Ok(())
     } else {
@@ -130,7 +135,10 @@ mod tests {
     fn empty_body_is_null_and_bom_is_tolerated() {
         assert_eq!(parse_json(b"", 8).unwrap(), Value::Null);
         assert_eq!(parse_json(b" \n", 8).unwrap(), Value::Null);
-        assert_eq!(parse_json(b"\xEF\xBB\xBF{}", 8).unwrap(), serde_json::json!({}));
+        assert_eq!(
+            parse_json(b"\xEF\xBB\xBF{}", 8).unwrap(),
+            serde_json::json!({})
+        );
     }
 
     #[test]

@@ -12,7 +12,12 @@ use http::HeaderMap;
 use serde_json::{Map, Value};
 
 /// Headers a script never sees: they carry the caller's credentials.
-const HIDDEN_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "x-api-key", "cookie"];
+const HIDDEN_HEADERS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "cookie",
+];
 
 /// What a request brings, read off the wire.
 pub struct RequestParts<'a> {
@@ -34,7 +39,11 @@ pub struct Prepared {
 }
 
 /// Decodes, validates and maps a request for `workflow`.
-pub fn prepare(workflow: &Workflow, limits: &Limits, parts: &RequestParts<'_>) -> Result<Prepared, GatewayError> {
+pub fn prepare(
+    workflow: &Workflow,
+    limits: &Limits,
+    parts: &RequestParts<'_>,
+) -> Result<Prepared, GatewayError> {
     let content_type = parts
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -81,16 +90,18 @@ pub fn execute(
         headers: &prepared.headers,
         query: &prepared.query,
     };
-    engine.run(script, &input).map_err(|failure| {
-        into_gateway_error(failure, workflow, run_id)
-    })
+    engine
+        .run(script, &input)
+        .map_err(|failure| into_gateway_error(failure, workflow, run_id))
 }
 
 fn into_gateway_error(failure: ScriptFailure, workflow: &Workflow, run_id: &str) -> GatewayError {
     match failure {
         ScriptFailure::Rejected { status, message } => GatewayError::Rejected { status, message },
         ScriptFailure::TimedOut => GatewayError::ScriptTimeout("ran past its time limit"),
-        ScriptFailure::BudgetExhausted => GatewayError::ScriptTimeout("ran out of its operation budget"),
+        ScriptFailure::BudgetExhausted => {
+            GatewayError::ScriptTimeout("ran out of its operation budget")
+        }
         ScriptFailure::Runtime(detail) => {
             // The detail stays in the log: it can quote script source and payload values.
             tracing::warn!(

@@ -29,7 +29,10 @@ impl UrlSecret {
         let path = state_dir.join(SECRET_FILE);
         match std::fs::read_to_string(&path) {
             Ok(text) if !text.trim().is_empty() => Ok(Self(text.trim().as_bytes().to_vec())),
-            Ok(_) => Err(std::io::Error::other(format!("{} is empty", path.display()))),
+            Ok(_) => Err(std::io::Error::other(format!(
+                "{} is empty",
+                path.display()
+            ))),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Self::create(state_dir),
             Err(error) => Err(error),
         }
@@ -131,7 +134,10 @@ mod tests {
         let secret = UrlSecret(b"0123456789abcdef".to_vec());
         assert_eq!(secret.token_for("a"), secret.token_for("a"));
         assert_ne!(secret.token_for("a"), secret.token_for("b"));
-        assert_ne!(secret.token_for("a"), UrlSecret(b"another-secret!!".to_vec()).token_for("a"));
+        assert_ne!(
+            secret.token_for("a"),
+            UrlSecret(b"another-secret!!".to_vec()).token_for("a")
+        );
         assert_eq!(secret.token_for("a").len(), 32);
     }
 

@@ -99,7 +99,11 @@ pub struct RunPool {
 
 impl RunPool {
     /// Starts `settings.workers` threads sharing a queue of `settings.queue_capacity` runs.
-    pub fn start(settings: &RunSettings, engine: Arc<ScriptEngine>, store: RunStore) -> std::io::Result<Self> {
+    pub fn start(
+        settings: &RunSettings,
+        engine: Arc<ScriptEngine>,
+        store: RunStore,
+    ) -> std::io::Result<Self> {
         let (queue, receiver) = mpsc::sync_channel(settings.queue_capacity);
         let receiver = Arc::new(Mutex::new(receiver));
 
@@ -121,7 +125,12 @@ impl RunPool {
     }
 
     /// Queues a run, or refuses with `overloaded` when the queue is full.
-    pub fn submit(&self, run_id: &str, workflow: Arc<Workflow>, prepared: Prepared) -> Result<(), GatewayError> {
+    pub fn submit(
+        &self,
+        run_id: &str,
+        workflow: Arc<Workflow>,
+        prepared: Prepared,
+    ) -> Result<(), GatewayError> {
         let record = RunRecord {
             run_id: run_id.to_string(),
             workflow_id: workflow.id.clone(),

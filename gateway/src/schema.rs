@@ -67,15 +67,22 @@ mod tests {
         .unwrap();
 
         let violations = schema.violations(&json!({ "qty": 0 }));
-        let paths: Vec<&str> = violations.iter().map(|v| v.instance_path.as_str()).collect();
-        assert!(paths.contains(&""), "missing id is reported at the root: {paths:?}");
+        let paths: Vec<&str> = violations
+            .iter()
+            .map(|v| v.instance_path.as_str())
+            .collect();
+        assert!(
+            paths.contains(&""),
+            "missing id is reported at the root: {paths:?}"
+        );
         assert!(paths.contains(&"/qty"), "{paths:?}");
         assert!(schema.violations(&json!({ "id": 1, "qty": 2 })).is_empty());
     }
 
     #[test]
     fn an_integer_beyond_64_bits_is_an_integer() {
-        let schema = Schema::compile(&json!({ "properties": { "id": { "type": "integer" } } })).unwrap();
+        let schema =
+            Schema::compile(&json!({ "properties": { "id": { "type": "integer" } } })).unwrap();
         let payload: Value = serde_json::from_str(r#"{"id": 98765432109876543210}"#).unwrap();
         assert!(schema.violations(&payload).is_empty());
     }

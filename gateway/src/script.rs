@@ -114,7 +114,11 @@ impl ScriptEngine {
     }
 
     /// Runs `script` on this thread, within its time limit, and returns its value as JSON.
-    pub fn run(&self, script: &CompiledScript, input: &ScriptInput<'_>) -> Result<Value, ScriptFailure> {
+    pub fn run(
+        &self,
+        script: &CompiledScript,
+        input: &ScriptInput<'_>,
+    ) -> Result<Value, ScriptFailure> {
         let mut scope = build_scope(input);
         let _deadline = DeadlineGuard::set(Instant::now() + script.timeout);
 
@@ -287,7 +291,11 @@ mod tests {
         })
     }
 
-    fn run_source(engine: &ScriptEngine, source: &str, variables: Value) -> Result<Value, ScriptFailure> {
+    fn run_source(
+        engine: &ScriptEngine,
+        source: &str,
+        variables: Value,
+    ) -> Result<Value, ScriptFailure> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.rhai");
         std::fs::write(&path, source).unwrap();
@@ -314,15 +322,25 @@ mod tests {
             r#"#{ doubled: x * event.n, same: vars.x == x, list: [1, "a", ()] }"#,
             json!({ "x": 21 }),
         );
-        assert_eq!(result.unwrap(), json!({ "doubled": 42, "same": true, "list": [1, "a", null] }));
+        assert_eq!(
+            result.unwrap(),
+            json!({ "doubled": 42, "same": true, "list": [1, "a", null] })
+        );
     }
 
     #[test]
     fn reject_ends_the_run_with_a_client_status() {
-        let result = run_source(&engine(10_000), r#"reject(409, "duplicate order")"#, json!({}));
+        let result = run_source(
+            &engine(10_000),
+            r#"reject(409, "duplicate order")"#,
+            json!({}),
+        );
         assert_eq!(
             result.unwrap_err(),
-            ScriptFailure::Rejected { status: 409, message: "duplicate order".into() }
+            ScriptFailure::Rejected {
+                status: 409,
+                message: "duplicate order".into()
+            }
         );
         let bad = run_source(&engine(10_000), r#"reject(200, "not an error")"#, json!({}));
         assert!(matches!(bad.unwrap_err(), ScriptFailure::Runtime(_)));
@@ -344,7 +362,11 @@ mod tests {
         let refused = engine(10_000).compile(&path, Duration::from_secs(1));
         assert!(refused.unwrap_err().contains("eval"));
 
-        let big = run_source(&engine(100_000), r#"let s = "x"; loop { s += s; }"#, json!({}));
+        let big = run_source(
+            &engine(100_000),
+            r#"let s = "x"; loop { s += s; }"#,
+            json!({}),
+        );
         assert!(matches!(big.unwrap_err(), ScriptFailure::Runtime(_)));
     }
 
@@ -353,7 +375,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broken.rhai");
         std::fs::write(&path, "let a = 1;\nlet b = ;\n").unwrap();
-        let error = engine(10).compile(&path, Duration::from_secs(1)).unwrap_err();
+        let error = engine(10)
+            .compile(&path, Duration::from_secs(1))
+            .unwrap_err();
         assert!(error.contains("broken.rhai:2:"), "{error}");
     }
 
@@ -362,6 +386,9 @@ mod tests {
         let value: Value = serde_json::from_str("98765432109876543210").unwrap();
         assert_eq!(json_to_dynamic(&value).to_string(), "98765432109876543210");
         let fits: Value = serde_json::from_str("1497549923779084388").unwrap();
-        assert_eq!(json_to_dynamic(&fits).as_int().unwrap(), 1497549923779084388);
+        assert_eq!(
+            json_to_dynamic(&fits).as_int().unwrap(),
+            1497549923779084388
+        );
     }
 }

@@ -52,7 +52,11 @@ pub fn run(config: Config) -> Result<(), String> {
     server.bootstrap();
 
     let config = &state.config;
-    let mut webhooks = http_proxy_service_with_name(&server.configuration, Edge::new(Arc::clone(&state)), "webhooks");
+    let mut webhooks = http_proxy_service_with_name(
+        &server.configuration,
+        Edge::new(Arc::clone(&state)),
+        "webhooks",
+    );
     webhooks.add_tcp(&config.server.listen);
     server.add_service(webhooks);
 

@@ -104,10 +104,7 @@ mod tests {
     fn expands_set_variables_defaults_and_escapes() {
         let text = "a: ${SET}\nb: ${UNSET:-fallback}\nc: ${EMPTY:-used}\nd: $${SET} $5\n";
         let expanded = expand(text, env).unwrap();
-        assert_eq!(
-            expanded,
-            "a: value\nb: fallback\nc: used\nd: ${SET} $5\n"
-        );
+        assert_eq!(expanded, "a: value\nb: fallback\nc: used\nd: ${SET} $5\n");
     }
 
     #[test]

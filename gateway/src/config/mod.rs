@@ -144,7 +144,13 @@ impl fmt::Display for ConfigError {
         if self.location.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}: {}: {}", self.file.display(), self.location, self.message)
+            write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.location,
+                self.message
+            )
         }
     }
 }
@@ -184,8 +190,12 @@ impl<'a> Problems<'a> {
     }
 
     /// Checks that `value` lies in `range`, reporting it at `location` otherwise.
-    pub(crate) fn in_range<T>(&mut self, location: &str, value: T, range: std::ops::RangeInclusive<T>)
-    where
+    pub(crate) fn in_range<T>(
+        &mut self,
+        location: &str,
+        value: T,
+        range: std::ops::RangeInclusive<T>,
+    ) where
         T: PartialOrd + fmt::Display,
     {
         if !range.contains(&value) {
@@ -225,7 +235,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Reads a YAML file, expanding `${ENV}` first; problems go to `errors`.
-pub(crate) fn read_yaml<T: DeserializeOwned>(path: &Path, errors: &mut Vec<ConfigError>) -> Option<T> {
+pub(crate) fn read_yaml<T: DeserializeOwned>(
+    path: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
     let mut problems = Problems::new(path, errors);
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,

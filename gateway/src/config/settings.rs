@@ -59,8 +59,16 @@ fn server(file: &GatewayFile, problems: &mut Problems<'_>) -> ServerSettings {
     let server = &file.server;
     check_listen(&server.listen, "server.listen", problems);
     problems.in_range("server.threads", server.threads, 1..=256);
-    problems.in_range("server.idle_timeout_seconds", server.idle_timeout_seconds, 1..=3600);
-    problems.in_range("server.body_read_timeout_ms", server.body_read_timeout_ms, 100..=600_000);
+    problems.in_range(
+        "server.idle_timeout_seconds",
+        server.idle_timeout_seconds,
+        1..=3600,
+    );
+    problems.in_range(
+        "server.body_read_timeout_ms",
+        server.body_read_timeout_ms,
+        100..=600_000,
+    );
 
     let public_base_url = server
         .public_base_url
@@ -95,16 +103,27 @@ fn admin(file: &GatewayFile, problems: &mut Problems<'_>) -> Option<AdminSetting
 }
 
 fn url_secret(file: &GatewayFile, problems: &mut Problems<'_>) -> Option<String> {
-    let secret = file.url_secret.as_deref().map(str::trim).filter(|s| !s.is_empty())?;
+    let secret = file
+        .url_secret
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())?;
     if secret.len() < 16 {
-        problems.add("url_secret", "must be at least 16 characters; URLs derive from it");
+        problems.add(
+            "url_secret",
+            "must be at least 16 characters; URLs derive from it",
+        );
     }
     Some(secret.to_string())
 }
 
 fn limits(file: &GatewayFile, problems: &mut Problems<'_>) -> Limits {
     let limits = &file.limits;
-    problems.in_range("limits.max_body_bytes", limits.max_body_bytes, 1..=MAX_BODY_LIMIT_BYTES);
+    problems.in_range(
+        "limits.max_body_bytes",
+        limits.max_body_bytes,
+        1..=MAX_BODY_LIMIT_BYTES,
+    );
     problems.in_range("limits.max_json_depth", limits.max_json_depth, 1..=1024);
     Limits {
         max_body_bytes: limits.max_body_bytes,
@@ -114,10 +133,22 @@ fn limits(file: &GatewayFile, problems: &mut Problems<'_>) -> Limits {
 
 fn sandbox(file: &GatewayFile, problems: &mut Problems<'_>) -> SandboxLimits {
     let scripts = &file.scripts;
-    problems.in_range("scripts.max_operations", scripts.max_operations, 1..=u64::MAX);
+    problems.in_range(
+        "scripts.max_operations",
+        scripts.max_operations,
+        1..=u64::MAX,
+    );
     problems.in_range("scripts.max_call_levels", scripts.max_call_levels, 1..=256);
-    problems.in_range("scripts.max_string_bytes", scripts.max_string_bytes, 1..=MAX_BODY_LIMIT_BYTES);
-    problems.in_range("scripts.max_array_len", scripts.max_array_len, 1..=10_000_000);
+    problems.in_range(
+        "scripts.max_string_bytes",
+        scripts.max_string_bytes,
+        1..=MAX_BODY_LIMIT_BYTES,
+    );
+    problems.in_range(
+        "scripts.max_array_len",
+        scripts.max_array_len,
+        1..=10_000_000,
+    );
     problems.in_range("scripts.max_map_len", scripts.max_map_len, 1..=10_000_000);
     problems.in_range("scripts.timeout_ms", scripts.timeout_ms, 1..=60_000);
     SandboxLimits {
@@ -135,7 +166,11 @@ fn runs(file: &GatewayFile, problems: &mut Problems<'_>) -> RunSettings {
     problems.in_range("runs.workers", runs.workers, 1..=256);
     problems.in_range("runs.queue_capacity", runs.queue_capacity, 1..=1_000_000);
     problems.in_range("runs.max_records", runs.max_records, 1..=10_000_000);
-    problems.in_range("runs.record_ttl_seconds", runs.record_ttl_seconds, 1..=30 * 24 * 3600);
+    problems.in_range(
+        "runs.record_ttl_seconds",
+        runs.record_ttl_seconds,
+        1..=30 * 24 * 3600,
+    );
     RunSettings {
         workers: runs.workers.clamp(1, 256),
         queue_capacity: runs.queue_capacity.clamp(1, 1_000_000),
@@ -154,7 +189,10 @@ fn api_keys(keys: &[ApiKeyFile], problems: &mut Problems<'_>) -> ApiKeys {
         if key.name.trim().is_empty() {
             problems.add(format!("{location}.name"), "must not be empty");
         } else if !seen_names.insert(key.name.clone()) {
-            problems.add(format!("{location}.name"), format!("{:?} is used twice", key.name));
+            problems.add(
+                format!("{location}.name"),
+                format!("{:?} is used twice", key.name),
+            );
         }
 
         let Some(digest) = key_digest(key, &location, problems) else {
@@ -171,15 +209,23 @@ fn api_keys(keys: &[ApiKeyFile], problems: &mut Problems<'_>) -> ApiKeys {
 fn key_digest(key: &ApiKeyFile, location: &str, problems: &mut Problems<'_>) -> Option<KeyDigest> {
     match (key.sha256.as_deref(), key.key.as_deref()) {
         (Some(hash), None) => {
-            let decoded = hex::decode(hash.trim()).ok().and_then(|b| KeyDigest::try_from(b).ok());
+            let decoded = hex::decode(hash.trim())
+                .ok()
+                .and_then(|b| KeyDigest::try_from(b).ok());
             if decoded.is_none() {
-                problems.add(format!("{location}.sha256"), "must be 64 hexadecimal characters");
+                problems.add(
+                    format!("{location}.sha256"),
+                    "must be 64 hexadecimal characters",
+                );
             }
             decoded
         }
         (None, Some(plain)) if !plain.trim().is_empty() => Some(auth::digest(plain.trim())),
         (None, Some(_)) => {
-            problems.add(format!("{location}.key"), "is empty (is its environment variable set?)");
+            problems.add(
+                format!("{location}.key"),
+                "is empty (is its environment variable set?)",
+            );
             None
         }
         _ => {

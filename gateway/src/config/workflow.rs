@@ -41,14 +41,20 @@ fn workflow_files(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<PathBuf> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(error) => {
-            Problems::new(dir, errors).add("", format!("cannot read the workflows folder: {error}"));
+            Problems::new(dir, errors)
+                .add("", format!("cannot read the workflows folder: {error}"));
             return Vec::new();
         }
     };
 
     let mut files: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter(|path| {
+            matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            )
+        })
         .collect();
     files.sort();
     files
@@ -100,11 +106,15 @@ fn validate(
 fn check_id(id: &str, problems: &mut Problems<'_>) {
     let valid = (1..=64).contains(&id.len())
         && id.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if !valid {
         problems.add(
             "id",
-            format!("{id:?} must be 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit"),
+            format!(
+                "{id:?} must be 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+            ),
         );
     }
 }
@@ -117,7 +127,10 @@ fn methods(listed: &[String], problems: &mut Problems<'_>) -> Vec<String> {
     for method in listed {
         let upper = method.trim().to_ascii_uppercase();
         if http::Method::from_bytes(upper.as_bytes()).is_err() || upper.is_empty() {
-            problems.add("trigger.methods", format!("{method:?} is not an http method"));
+            problems.add(
+                "trigger.methods",
+                format!("{method:?} is not an http method"),
+            );
         } else if !methods.contains(&upper) {
             methods.push(upper);
         }
@@ -125,11 +138,18 @@ fn methods(listed: &[String], problems: &mut Problems<'_>) -> Vec<String> {
     methods
 }
 
-fn key_policy(file: &WorkflowFile, gateway: &GatewaySettings, problems: &mut Problems<'_>) -> KeyPolicy {
+fn key_policy(
+    file: &WorkflowFile,
+    gateway: &GatewaySettings,
+    problems: &mut Problems<'_>,
+) -> KeyPolicy {
     let policy = &file.trigger.api_key;
     for name in &policy.keys {
         if !gateway.keys.contains_name(name) {
-            problems.add("trigger.api_key.keys", format!("no api key named {name:?} in gateway.yaml"));
+            problems.add(
+                "trigger.api_key.keys",
+                format!("no api key named {name:?} in gateway.yaml"),
+            );
         }
     }
 
@@ -168,9 +188,17 @@ fn read_schema_file(
     relative: &str,
     problems: &mut Problems<'_>,
 ) -> Option<serde_json::Value> {
-    let path = workflow_path.parent().unwrap_or(Path::new(".")).join(relative);
+    let path = workflow_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(relative);
     let text = std::fs::read_to_string(&path)
-        .map_err(|error| problems.add("schema_file", format!("cannot read {}: {error}", path.display())))
+        .map_err(|error| {
+            problems.add(
+                "schema_file",
+                format!("cannot read {}: {error}", path.display()),
+            )
+        })
         .ok()?;
 
     serde_yaml_ng::from_str(&text)
@@ -180,7 +208,10 @@ fn read_schema_file(
 
 fn mapping(file: &WorkflowFile, problems: &mut Problems<'_>) -> Mapping {
     if file.mapping.len() > MAX_VARIABLES {
-        problems.add("mapping", format!("maps more than {MAX_VARIABLES} variables"));
+        problems.add(
+            "mapping",
+            format!("maps more than {MAX_VARIABLES} variables"),
+        );
     }
     let rules = file
         .mapping
@@ -229,28 +260,46 @@ fn check_variable_name(name: &str, location: &str, problems: &mut Problems<'_>) 
     let identifier = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !identifier {
-        problems.add(location, "variable names must be letters, digits and '_', not starting with a digit");
+        problems.add(
+            location,
+            "variable names must be letters, digits and '_', not starting with a digit",
+        );
     } else if RESERVED_NAMES.contains(&name) {
-        problems.add(location, format!("{name:?} is reserved; scripts already see it"));
+        problems.add(
+            location,
+            format!("{name:?} is reserved; scripts already see it"),
+        );
     }
 }
 
-fn mapping_source(rule: &MappingRuleFile, location: &str, problems: &mut Problems<'_>) -> Option<Source> {
+fn mapping_source(
+    rule: &MappingRuleFile,
+    location: &str,
+    problems: &mut Problems<'_>,
+) -> Option<Source> {
     match (&rule.pointer, &rule.header, &rule.query) {
         (Some(pointer), None, None) => Pointer::parse(pointer)
             .map(Source::Body)
             .map_err(|error| problems.add(format!("{location}.pointer"), error))
             .ok(),
-        (None, Some(header), None) => match http::HeaderName::from_bytes(header.trim().as_bytes()) {
-            Ok(name) => Some(Source::Header(name.as_str().to_string())),
-            Err(_) => {
-                problems.add(format!("{location}.header"), format!("{header:?} is not a header name"));
-                None
+        (None, Some(header), None) => {
+            match http::HeaderName::from_bytes(header.trim().as_bytes()) {
+                Ok(name) => Some(Source::Header(name.as_str().to_string())),
+                Err(_) => {
+                    problems.add(
+                        format!("{location}.header"),
+                        format!("{header:?} is not a header name"),
+                    );
+                    None
+                }
             }
-        },
+        }
         (None, None, Some(query)) if !query.is_empty() => Some(Source::Query(query.clone())),
         _ => {
-            problems.add(location, "needs exactly one of `pointer`, `header` or `query`");
+            problems.add(
+                location,
+                "needs exactly one of `pointer`, `header` or `query`",
+            );
             None
         }
     }
@@ -277,7 +326,11 @@ fn script(
         .ok()
 }
 
-fn body_limit(file: &WorkflowFile, gateway: &GatewaySettings, problems: &mut Problems<'_>) -> usize {
+fn body_limit(
+    file: &WorkflowFile,
+    gateway: &GatewaySettings,
+    problems: &mut Problems<'_>,
+) -> usize {
     match file.max_body_bytes {
         Some(limit) => {
             problems.in_range("max_body_bytes", limit, 1..=MAX_BODY_LIMIT_BYTES);
