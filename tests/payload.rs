@@ -341,3 +341,21 @@ fn every_refusal_is_json_with_a_code_and_message() {
         assert!(!response.error_code().is_empty());
     }
 }
+
+#[test]
+fn stalled_body_is_408_not_a_hang() {
+    let gateway = gateway();
+    let mut stream = connect(gateway.port);
+    // The test configuration allows 2 s per body read; send part of the body, then stall.
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: x\r\nx-api-key: {TEST_KEY}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"partial\":",
+        gateway.path("raw")
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+
+    let response =
+        read_response(&mut BufReader::new(stream)).expect("an answer after the read timeout");
+    assert_eq!(response.status, 408);
+    assert_eq!(response.error_code(), "request_timeout");
+    assert_eq!(gateway.post_json(&gateway.path("raw"), "{}").status, 200);
+}

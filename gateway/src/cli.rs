@@ -137,11 +137,7 @@ fn load(path: &Path) -> Result<Config, String> {
     })
 }
 
-fn serve(
-    path: &Path,
-    listen: Option<String>,
-    admin_listen: Option<String>,
-) -> Result<(), String> {
+fn serve(path: &Path, listen: Option<String>, admin_listen: Option<String>) -> Result<(), String> {
     let mut config = load(path)?;
     if let Some(listen) = listen {
         check_address(&listen, "--listen")?;

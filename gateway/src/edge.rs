@@ -233,7 +233,7 @@ impl ProxyHttp for Edge {
             error.code = ctx.error_code.unwrap_or("-"),
             io.error = error.map(|e| e.etype().as_str()).unwrap_or("-"),
             client.addr = %client,
-            duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = ctx.started.elapsed().as_micros() as f64 / 1000.0,
             "request"
         );
     }
