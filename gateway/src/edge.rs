@@ -1,18 +1,24 @@
 //! The webhook listener: a Pingora `ProxyHttp` service that answers every webhook request in
-//! `request_filter`, following the request path in the order cheap refusals first:
-//! route, active, method, API key, declared size, then the body, the pipeline and the reply.
+//! `request_filter`, cheap refusals first: route, active, method, API key, declared size, then
+//! the body, the pipeline, and the answer: a reply built here, 202 for an accepted run, or the
+//! backend's answer relayed for a forwarding workflow.
 //!
-//! Scripts run inline on the Pingora worker thread, bounded by the sandbox's operation
-//! budget and wall-clock limit; accepted runs are handed to the background pool instead.
+//! Scripts run inline on the Pingora worker thread, bounded by the sandbox's operation budget
+//! and wall-clock limit. Forwarding uses Pingora's pooled upstream connections directly
+//! rather than the proxy phases: the body must be read whole and validated before anything
+//! is sent, which Pingora's proxy path only supports up to 64 KiB.
 
-use crate::config::ResponseMode;
+use crate::config::{ResponseMode, Workflow};
 use crate::error::GatewayError;
+use crate::forward::client::{self, Exchange};
+use crate::forward::{build_request, is_hop_by_hop, RequestIds};
 use crate::http_reply::Reply;
-use crate::pipeline::{self, RequestParts};
-use crate::runs::new_run_id;
+use crate::pipeline::{self, Prepared, RequestParts};
+use crate::runs::{new_run_id, Job};
 use crate::server::GatewayState;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -24,27 +30,39 @@ use std::time::Instant;
 /// What one request leaves behind for its log line.
 pub struct RequestContext {
     started: Instant,
+    request_id: String,
     workflow_id: Option<String>,
     run_id: Option<String>,
     status: u16,
     error_code: Option<&'static str>,
 }
 
+/// How a request is answered: a reply built here, or a backend's answer relayed as it arrives.
+enum Answer {
+    Reply(Reply),
+    Relay(Box<Exchange>),
+}
+
 /// The webhook service.
 pub struct Edge {
     state: Arc<GatewayState>,
+    /// Pooled connections to backends, for synchronous forwarding.
+    connector: Connector,
 }
 
 impl Edge {
     pub fn new(state: Arc<GatewayState>) -> Self {
-        Self { state }
+        Self {
+            state,
+            connector: Connector::new(None),
+        }
     }
 
     async fn process(
         &self,
         session: &mut Session,
         ctx: &mut RequestContext,
-    ) -> Result<Reply, GatewayError> {
+    ) -> Result<Answer, GatewayError> {
         let state = &self.state;
         let request = session.req_header();
         let workflow = state
@@ -78,22 +96,156 @@ impl Edge {
             body: &body,
         };
         let prepared = pipeline::prepare(&workflow, &state.config.limits, &parts)?;
+        let caller_method = request.method.to_string();
 
         let run_id = new_run_id();
         ctx.run_id = Some(run_id.clone());
         match workflow.response {
+            ResponseMode::Accept => {
+                state.runs.submit(Job {
+                    run_id: run_id.clone(),
+                    request_id: ctx.request_id.clone(),
+                    workflow,
+                    prepared,
+                    body,
+                    caller_method,
+                })?;
+                let accepted = json!({ "run_id": run_id, "status": "accepted" });
+                Ok(Answer::Reply(
+                    Reply::json(202, &accepted).with_header("x-run-id", run_id),
+                ))
+            }
+            ResponseMode::ReturnResults if workflow.forward.is_some() => {
+                let exchange = self
+                    .forward(&workflow, &prepared, &body, &caller_method, ctx)
+                    .await?;
+                Ok(Answer::Relay(Box::new(exchange)))
+            }
             ResponseMode::ReturnResults => {
                 let result =
                     pipeline::execute(&state.config.engine, &workflow, &prepared, &run_id)?;
-                Ok(Reply::json(200, &result).with_header("x-run-id", run_id))
-            }
-            ResponseMode::Accept => {
-                state.runs.submit(&run_id, workflow, prepared)?;
-                let body = json!({ "run_id": run_id, "status": "accepted" });
-                Ok(Reply::json(202, &body).with_header("x-run-id", run_id))
+                Ok(Answer::Reply(
+                    Reply::json(200, &result).with_header("x-run-id", run_id),
+                ))
             }
         }
     }
+
+    /// Runs the script, if any, then sends the run to the backend and waits for its answer's
+    /// header.
+    async fn forward(
+        &self,
+        workflow: &Workflow,
+        prepared: &Prepared,
+        body: &Bytes,
+        caller_method: &str,
+        ctx: &RequestContext,
+    ) -> Result<Exchange, GatewayError> {
+        let state = &self.state;
+        let run_id = ctx.run_id.as_deref().unwrap_or_default();
+        let forward = workflow.forward.as_ref().ok_or(GatewayError::Internal)?;
+        let pool = state
+            .backends
+            .get(&forward.backend)
+            .ok_or(GatewayError::Internal)?;
+
+        let script_result = match workflow.script {
+            Some(_) => Some(pipeline::execute(
+                &state.config.engine,
+                workflow,
+                prepared,
+                run_id,
+            )?),
+            None => None,
+        };
+        let ids = RequestIds {
+            run_id,
+            workflow_id: &workflow.id,
+            request_id: &ctx.request_id,
+        };
+        let request = build_request(
+            forward,
+            caller_method,
+            prepared,
+            body,
+            script_result.as_ref(),
+            &ids,
+        );
+        client::start(&self.connector, pool, &request)
+            .await
+            .map_err(|error| error.into_gateway_error(&forward.backend))
+    }
+
+    /// Relays a backend's answer: its status and end-to-end headers, then its body as it
+    /// arrives, so a large answer is never held whole.
+    async fn relay(
+        &self,
+        session: &mut Session,
+        mut exchange: Exchange,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<()> {
+        ctx.status = exchange.status();
+        let header = relayed_header(&exchange, ctx)?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+
+        loop {
+            match exchange.next_chunk().await {
+                Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
+                Ok(None) => break,
+                Err(error) => {
+                    // The status is already sent; all that is left is to cut the answer short.
+                    ctx.error_code = Some("backend_unavailable");
+                    return Err(Error::explain(ErrorType::ReadError, error.describe()));
+                }
+            }
+        }
+        session.write_response_body(None, true).await?;
+        exchange.finish(&self.connector).await;
+        Ok(())
+    }
+}
+
+/// The backend's status and end-to-end headers, plus the run and request ids.
+fn relayed_header(exchange: &Exchange, ctx: &RequestContext) -> pingora::Result<ResponseHeader> {
+    let mut header = ResponseHeader::build(exchange.status(), None)?;
+    if let Some(upstream) = exchange.response_header() {
+        let connection = upstream
+            .headers
+            .get("connection")
+            .and_then(|v| v.to_str().ok());
+        for (name, value) in upstream.headers.iter() {
+            if !is_hop_by_hop(name.as_str(), connection) {
+                header.append_header(name.clone(), value.clone())?;
+            }
+        }
+    }
+    if header.headers.get("content-length").is_none() {
+        header.insert_header("transfer-encoding", "chunked")?;
+    }
+    if let Some(run_id) = &ctx.run_id {
+        header.insert_header("x-run-id", run_id.as_str())?;
+    }
+    header.insert_header("x-request-id", ctx.request_id.as_str())?;
+    Ok(header)
+}
+
+/// The caller's `X-Request-Id` when it is a plain token of at most 128 characters,
+/// otherwise a new one.
+fn request_id(session: &Session) -> String {
+    let offered = session
+        .req_header()
+        .headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            (1..=128).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        });
+    offered.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
 }
 
 /// The declared Content-Length, refused with 413 before any byte of the body is read.
@@ -172,6 +324,7 @@ impl ProxyHttp for Edge {
     fn new_ctx(&self) -> Self::CTX {
         RequestContext {
             started: Instant::now(),
+            request_id: String::new(),
             workflow_id: None,
             run_id: None,
             status: 0,
@@ -182,8 +335,9 @@ impl ProxyHttp for Edge {
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
+        ctx.request_id = request_id(session);
         // Pingora keeps idle HTTP/1.1 connections open forever unless told otherwise.
         let server = &self.state.config.server;
         session.set_keepalive(Some(server.idle_timeout.as_secs()));
@@ -197,13 +351,18 @@ impl ProxyHttp for Edge {
         ctx: &mut Self::CTX,
     ) -> pingora::Result<bool> {
         let reply = match self.process(session, ctx).await {
-            Ok(reply) => reply,
+            Ok(Answer::Relay(exchange)) => {
+                self.relay(session, *exchange, ctx).await?;
+                return Ok(true);
+            }
+            Ok(Answer::Reply(reply)) => reply,
             Err(error) => {
                 ctx.error_code = Some(error.code());
                 Reply::error(&error, ctx.run_id.as_deref())
             }
         };
         ctx.status = reply.status;
+        let reply = reply.with_header("x-request-id", ctx.request_id.clone());
         send(session, reply).await?;
         Ok(true)
     }
@@ -228,6 +387,7 @@ impl ProxyHttp for Edge {
         tracing::info!(
             workflow.id = ctx.workflow_id.as_deref().unwrap_or("-"),
             run.id = ctx.run_id.as_deref().unwrap_or("-"),
+            request.id = %ctx.request_id,
             http.method = %session.req_header().method,
             http.status = ctx.status,
             error.code = ctx.error_code.unwrap_or("-"),

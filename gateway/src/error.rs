@@ -63,6 +63,17 @@ pub enum GatewayError {
     #[error("too many runs are waiting; retry later")]
     Overloaded { retry_after_seconds: u64 },
 
+    #[error("backend {backend} is unavailable: {reason}")]
+    BackendUnavailable {
+        backend: String,
+        /// 502 when the backend failed, 503 when no address of it is healthy.
+        status: u16,
+        reason: String,
+    },
+
+    #[error("backend {backend} did not answer in time: {reason}")]
+    BackendTimeout { backend: String, reason: String },
+
     #[error("the request body did not arrive in time")]
     RequestTimeout,
 
@@ -89,6 +100,8 @@ impl GatewayError {
             Self::ScriptTimeout(_) => 504,
             Self::Overloaded { .. } => 503,
             Self::RequestTimeout => 408,
+            Self::BackendUnavailable { status, .. } => *status,
+            Self::BackendTimeout { .. } => 504,
         }
     }
 
@@ -113,6 +126,8 @@ impl GatewayError {
             Self::RequestTimeout => "request_timeout",
             Self::BadRequest(_) => "bad_request",
             Self::Internal => "internal_error",
+            Self::BackendUnavailable { .. } => "backend_unavailable",
+            Self::BackendTimeout { .. } => "backend_timeout",
         }
     }
 
@@ -123,6 +138,7 @@ impl GatewayError {
             Self::Overloaded {
                 retry_after_seconds,
             } => vec![("retry-after", retry_after_seconds.to_string())],
+            Self::BackendUnavailable { status: 503, .. } => vec![("retry-after", "5".to_string())],
             Self::Unauthorized(_) => vec![(
                 "www-authenticate",
                 "Bearer realm=\"webhook-gateway\"".to_string(),

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod edge;
 pub mod error;
+pub mod forward;
 pub mod http_reply;
 pub mod mapping;
 pub mod payload;

@@ -1,20 +1,30 @@
-//! Runs: their ids, the records that `GET /api/v1/runs/{id}` shows, and the bounded pool of
-//! worker threads that executes accepted (202) runs.
+//! Runs: their ids, the records that `GET /api/v1/runs/{id}` shows, and the bounded pool that
+//! executes accepted (202) runs: the script first, then, for forwarding workflows, delivery to
+//! the backend with retries.
 //!
-//! Records live in a moka cache bounded by count and time. Accepted runs wait in a bounded
-//! queue; when it is full the caller gets 503 `overloaded` instead of a silent drop. The queue
-//! is in memory: accepted runs that have not finished when the process stops are lost.
+//! The pool has its own Tokio runtime. At most `runs.workers` runs execute at once (scripts on
+//! blocking threads, deliveries as tasks) and at most `runs.queue_capacity` wait; past that the
+//! caller gets 503 `overloaded` instead of a silent drop. Records live in a moka cache bounded
+//! by count and age. The queue is in memory: runs not finished when the process stops are lost.
 
 use crate::config::{RunSettings, Workflow};
 use crate::error::GatewayError;
+use crate::forward::backends::Backends;
+use crate::forward::client::{self, ForwardError, UpstreamRequest};
+use crate::forward::{build_request, RequestIds};
 use crate::pipeline::{self, Prepared};
 use crate::script::ScriptEngine;
+use bytes::Bytes;
 use moka::sync::Cache;
+use pingora::connectors::http::Connector;
 use serde::Serialize;
-use serde_json::Value;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, Semaphore};
+
+/// Most bytes of a backend's answer kept in a run record.
+const RECORDED_BODY_BYTES: usize = 64 * 1024;
 
 /// A run's id: a UUIDv7, so ids sort by creation time.
 pub fn new_run_id() -> String {
@@ -38,6 +48,19 @@ pub struct RunError {
     pub message: String,
 }
 
+/// One try at delivering a run to its backend.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub started_at: String,
+    pub duration_ms: f64,
+    /// The backend's status, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// What the admin API shows of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
@@ -53,6 +76,8 @@ pub struct RunRecord {
     pub result: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<RunError>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
 }
 
 fn now() -> String {
@@ -78,46 +103,65 @@ impl RunStore {
         self.records.get(run_id)
     }
 
-    fn put(&self, record: RunRecord) {
-        self.records.insert(record.run_id.clone(), Arc::new(record));
+    fn put(&self, record: &RunRecord) {
+        self.records
+            .insert(record.run_id.clone(), Arc::new(record.clone()));
     }
 }
 
-/// One accepted run waiting for a worker.
-struct Job {
-    run_id: String,
-    workflow: Arc<Workflow>,
-    prepared: Prepared,
-    accepted_at: String,
+/// One accepted run waiting for its turn.
+pub struct Job {
+    pub run_id: String,
+    pub request_id: String,
+    pub workflow: Arc<Workflow>,
+    pub prepared: Prepared,
+    /// The body as received, for workflows that forward it unchanged.
+    pub body: Bytes,
+    pub caller_method: String,
+}
+
+/// What every run task shares.
+struct RunContext {
+    engine: Arc<ScriptEngine>,
+    store: RunStore,
+    backends: Arc<Backends>,
+    connector: Connector,
 }
 
 /// The background pool for accepted runs.
 pub struct RunPool {
-    queue: SyncSender<Job>,
+    queue: mpsc::Sender<(Job, RunRecord)>,
     store: RunStore,
+    _runtime: tokio::runtime::Runtime,
 }
 
 impl RunPool {
-    /// Starts `settings.workers` threads sharing a queue of `settings.queue_capacity` runs.
     pub fn start(
         settings: &RunSettings,
         engine: Arc<ScriptEngine>,
-        store: RunStore,
+        backends: Arc<Backends>,
     ) -> std::io::Result<Self> {
-        let (queue, receiver) = mpsc::sync_channel(settings.queue_capacity);
-        let receiver = Arc::new(Mutex::new(receiver));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("runs")
+            .enable_all()
+            .build()?;
+        let store = RunStore::new(settings);
+        let context = Arc::new(RunContext {
+            engine,
+            store: store.clone(),
+            backends,
+            connector: Connector::new(None),
+        });
 
-        for index in 0..settings.workers {
-            let worker = Worker {
-                receiver: Arc::clone(&receiver),
-                engine: Arc::clone(&engine),
-                store: store.clone(),
-            };
-            std::thread::Builder::new()
-                .name(format!("run-worker-{index}"))
-                .spawn(move || worker.work())?;
-        }
-        Ok(Self { queue, store })
+        let (queue, receiver) = mpsc::channel(settings.queue_capacity);
+        let slots = Arc::new(Semaphore::new(settings.workers));
+        runtime.spawn(dispatch(receiver, slots, context));
+        Ok(Self {
+            queue,
+            store,
+            _runtime: runtime,
+        })
     }
 
     pub fn store(&self) -> &RunStore {
@@ -125,101 +169,251 @@ impl RunPool {
     }
 
     /// Queues a run, or refuses with `overloaded` when the queue is full.
-    pub fn submit(
-        &self,
-        run_id: &str,
-        workflow: Arc<Workflow>,
-        prepared: Prepared,
-    ) -> Result<(), GatewayError> {
+    pub fn submit(&self, job: Job) -> Result<(), GatewayError> {
         let record = RunRecord {
-            run_id: run_id.to_string(),
-            workflow_id: workflow.id.clone(),
+            run_id: job.run_id.clone(),
+            workflow_id: job.workflow.id.clone(),
             state: RunState::Accepted,
             accepted_at: now(),
             started_at: None,
             finished_at: None,
             result: None,
             error: None,
-        };
-        let job = Job {
-            run_id: run_id.to_string(),
-            accepted_at: record.accepted_at.clone(),
-            workflow,
-            prepared,
+            attempts: Vec::new(),
         };
 
         // The record goes in first so that a fast worker never overwrites a later state.
-        self.store.put(record);
-        match self.queue.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                self.store.records.invalidate(&job.run_id);
-                Err(GatewayError::Overloaded {
-                    retry_after_seconds: 1,
-                })
+        self.store.put(&record);
+        let run_id = job.run_id.clone();
+        self.queue.try_send((job, record)).map_err(|_| {
+            self.store.records.invalidate(&run_id);
+            GatewayError::Overloaded {
+                retry_after_seconds: 1,
             }
-        }
+        })
     }
 }
 
-struct Worker {
-    receiver: Arc<Mutex<Receiver<Job>>>,
-    engine: Arc<ScriptEngine>,
-    store: RunStore,
-}
-
-impl Worker {
-    fn work(self) {
-        loop {
-            let next = match self.receiver.lock() {
-                Ok(receiver) => receiver.recv(),
-                Err(_) => return,
-            };
-            let Ok(job) = next else {
-                return;
-            };
-            self.execute(job);
-        }
-    }
-
-    fn execute(&self, job: Job) {
-        let started_at = now();
-        let mut record = RunRecord {
-            run_id: job.run_id.clone(),
-            workflow_id: job.workflow.id.clone(),
-            state: RunState::Running,
-            accepted_at: job.accepted_at.clone(),
-            started_at: Some(started_at),
-            finished_at: None,
-            result: None,
-            error: None,
+/// Starts queued runs as slots free up. A run holds its slot until it ends, so at most
+/// `workers` run at once and the rest wait in the bounded queue.
+async fn dispatch(
+    mut receiver: mpsc::Receiver<(Job, RunRecord)>,
+    slots: Arc<Semaphore>,
+    context: Arc<RunContext>,
+) {
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
         };
-        self.store.put(record.clone());
+        let Some((job, record)) = receiver.recv().await else {
+            return;
+        };
+        let context = Arc::clone(&context);
+        tokio::spawn(async move {
+            execute(&context, job, record).await;
+            drop(slot);
+        });
+    }
+}
 
-        let outcome = pipeline::execute(&self.engine, &job.workflow, &job.prepared, &job.run_id);
-        record.finished_at = Some(now());
-        match outcome {
-            Ok(result) => {
-                record.state = RunState::Succeeded;
-                record.result = Some(result);
-            }
-            Err(error) => {
-                record.state = match error {
-                    GatewayError::Rejected { .. } => RunState::Rejected,
-                    _ => RunState::Failed,
-                };
-                record.error = Some(RunError {
-                    code: error.code(),
-                    message: error.to_string(),
-                });
-            }
+async fn execute(context: &Arc<RunContext>, job: Job, mut record: RunRecord) {
+    record.state = RunState::Running;
+    record.started_at = Some(now());
+    context.store.put(&record);
+
+    let outcome = match run_script(context, &job).await {
+        Ok(result) => match &job.workflow.forward {
+            Some(_) => deliver(context, &job, result.as_ref(), &mut record).await,
+            None => Ok(result.unwrap_or(Value::Null)),
+        },
+        Err(error) => Err(error),
+    };
+
+    finish(&mut record, outcome);
+    tracing::info!(
+        workflow.id = %job.workflow.id,
+        run.id = %job.run_id,
+        run.state = ?record.state,
+        run.attempts = record.attempts.len(),
+        "run finished"
+    );
+    context.store.put(&record);
+}
+
+fn finish(record: &mut RunRecord, outcome: Result<Value, GatewayError>) {
+    record.finished_at = Some(now());
+    match outcome {
+        Ok(result) => {
+            record.state = RunState::Succeeded;
+            record.result = Some(result);
         }
-        tracing::info!(
-            workflow.id = %job.workflow.id,
-            run.id = %job.run_id,
-            run.state = ?record.state,
-            "run finished"
-        );
-        self.store.put(record);
+        Err(error) => {
+            record.state = match error {
+                GatewayError::Rejected { .. } => RunState::Rejected,
+                _ => RunState::Failed,
+            };
+            record.error = Some(RunError {
+                code: error.code(),
+                message: error.to_string(),
+            });
+        }
+    }
+}
+
+/// Runs the script on a blocking thread; `Ok(None)` for a workflow without one. A workflow
+/// without a script or forward has the mapped variables as its result.
+async fn run_script(context: &Arc<RunContext>, job: &Job) -> Result<Option<Value>, GatewayError> {
+    if job.workflow.script.is_none() {
+        let variables = Value::Object(job.prepared.variables.clone());
+        return Ok(job.workflow.forward.is_none().then_some(variables));
+    }
+
+    let engine = Arc::clone(&context.engine);
+    let workflow = Arc::clone(&job.workflow);
+    let prepared = job.prepared.clone();
+    let run_id = job.run_id.clone();
+    tokio::task::spawn_blocking(move || pipeline::execute(&engine, &workflow, &prepared, &run_id))
+        .await
+        .map_err(|_| GatewayError::ScriptError)?
+        .map(Some)
+}
+
+/// Delivers the run to its backend, retrying connection failures, timeouts, 429 and 5xx with
+/// exponential backoff (honouring `Retry-After`), and never other 4xx. Every attempt is recorded.
+async fn deliver(
+    context: &Arc<RunContext>,
+    job: &Job,
+    script_result: Option<&Value>,
+    record: &mut RunRecord,
+) -> Result<Value, GatewayError> {
+    let forward = job
+        .workflow
+        .forward
+        .as_ref()
+        .ok_or(GatewayError::Internal)?;
+    let pool = context
+        .backends
+        .get(&forward.backend)
+        .ok_or(GatewayError::Internal)?;
+    let ids = RequestIds {
+        run_id: &job.run_id,
+        workflow_id: &job.workflow.id,
+        request_id: &job.request_id,
+    };
+    let request = build_request(
+        forward,
+        &job.caller_method,
+        &job.prepared,
+        &job.body,
+        script_result,
+        &ids,
+    );
+
+    let mut number = 1;
+    loop {
+        let started = Instant::now();
+        let started_at = now();
+        let outcome = attempt(context, pool, &request).await;
+        record.attempts.push(Attempt {
+            number,
+            started_at,
+            duration_ms: started.elapsed().as_micros() as f64 / 1000.0,
+            status: outcome.as_ref().ok().map(|answer| answer.status),
+            error: outcome.as_ref().err().map(ForwardError::describe),
+        });
+        context.store.put(record);
+
+        let retry_after = match outcome {
+            Ok(answer) if answer.status < 400 => return Ok(answer.into_result()),
+            Ok(answer) if answer.status != 429 && answer.status < 500 => {
+                return Err(rejected_by_backend(&forward.backend, &answer));
+            }
+            Ok(answer) if number >= forward.retry.max_attempts => {
+                return Err(rejected_by_backend(&forward.backend, &answer));
+            }
+            Err(error) if number >= forward.retry.max_attempts => {
+                return Err(error.into_gateway_error(&forward.backend));
+            }
+            Ok(answer) => answer.retry_after,
+            Err(_) => None,
+        };
+
+        number += 1;
+        let backoff = forward.retry.backoff(number);
+        let wait = retry_after.map_or(backoff, |asked| {
+            asked.clamp(backoff, forward.retry.max_backoff)
+        });
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// A backend's whole answer, as far as a run record keeps it.
+struct Answer {
+    status: u16,
+    body: Bytes,
+    truncated: bool,
+    retry_after: Option<Duration>,
+}
+
+impl Answer {
+    fn into_result(self) -> Value {
+        let body = serde_json::from_slice::<Value>(&self.body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.body).into_owned()));
+        json!({ "status": self.status, "body": body, "body_truncated": self.truncated })
+    }
+}
+
+fn rejected_by_backend(backend: &str, answer: &Answer) -> GatewayError {
+    GatewayError::BackendUnavailable {
+        backend: backend.to_string(),
+        status: 502,
+        reason: format!("answered {}", answer.status),
+    }
+}
+
+async fn attempt(
+    context: &Arc<RunContext>,
+    pool: &Arc<crate::forward::backends::BackendPool>,
+    request: &UpstreamRequest,
+) -> Result<Answer, ForwardError> {
+    let mut exchange = client::start(&context.connector, pool, request).await?;
+    let status = exchange.status();
+    let retry_after = exchange
+        .response_header()
+        .and_then(|header| header.headers.get("retry-after"))
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_retry_after);
+
+    let (body, truncated) = client::read_all(&mut exchange, RECORDED_BODY_BYTES).await?;
+    exchange.finish(&context.connector).await;
+    Ok(Answer {
+        status,
+        body,
+        truncated,
+        retry_after,
+    })
+}
+
+/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        let later = SystemTime::now() + Duration::from_secs(120);
+        let parsed = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(parsed > Duration::from_secs(100) && parsed <= Duration::from_secs(120));
+        assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -4,8 +4,9 @@
 use crate::admin::AdminApi;
 use crate::config::Config;
 use crate::edge::Edge;
+use crate::forward::backends::{Backends, HealthService};
 use crate::routing::{Router, UrlSecret};
-use crate::runs::{RunPool, RunStore};
+use crate::runs::RunPool;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -17,24 +18,34 @@ use std::sync::Arc;
 pub struct GatewayState {
     pub config: Config,
     pub router: Router,
+    pub backends: Arc<Backends>,
     pub runs: RunPool,
 }
 
 impl GatewayState {
-    /// Resolves the URL secret, builds the router and starts the run pool.
-    pub fn new(config: Config) -> Result<Self, String> {
+    /// Resolves the URL secret, builds the router and the backend pools, and starts the run
+    /// pool. Returns the backends' health check services, which the server must run.
+    pub fn new(config: Config) -> Result<(Self, Vec<HealthService>), String> {
         let secret = UrlSecret::resolve(config.url_secret.as_deref(), &config.state_dir)
             .map_err(|error| format!("url secret in {}: {error}", config.state_dir.display()))?;
         let router = Router::new(&config.workflows, &secret);
 
-        let store = RunStore::new(&config.runs);
-        let runs = RunPool::start(&config.runs, Arc::clone(&config.engine), store)
-            .map_err(|error| format!("cannot start run workers: {error}"))?;
-        Ok(Self {
+        let (backends, health_services) = Backends::new(&config.backends)
+            .map_err(|error| format!("cannot set up backends: {error}"))?;
+        let backends = Arc::new(backends);
+        let runs = RunPool::start(
+            &config.runs,
+            Arc::clone(&config.engine),
+            Arc::clone(&backends),
+        )
+        .map_err(|error| format!("cannot start the run pool: {error}"))?;
+        let state = Self {
             config,
             router,
+            backends,
             runs,
-        })
+        };
+        Ok((state, health_services))
     }
 }
 
@@ -47,9 +58,13 @@ pub fn run(config: Config) -> Result<(), String> {
         ensure_bindable(&admin.listen)?;
     }
 
-    let state = Arc::new(GatewayState::new(config)?);
+    let (state, health_services) = GatewayState::new(config)?;
+    let state = Arc::new(state);
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&state.config));
     server.bootstrap();
+    for service in health_services {
+        server.add_service(service);
+    }
 
     let config = &state.config;
     let mut webhooks = http_proxy_service_with_name(

@@ -26,6 +26,9 @@ pub struct GatewayFile {
     pub runs: RunsFile,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyFile>,
+    /// Backend services that workflows forward to, by name.
+    #[serde(default)]
+    pub backends: IndexMap<String, BackendFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +170,55 @@ impl Default for RunsFile {
     }
 }
 
+/// A named backend service: one or more addresses behind round-robin load balancing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendFile {
+    /// `http://host:port` or `https://host:port`, each one address of the service.
+    pub addresses: Vec<String>,
+    /// Time to establish a connection.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time to wait for each read of the backend's answer.
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// Time for a whole exchange, from connecting to the end of the answer's headers.
+    #[serde(default = "default_total_timeout_ms")]
+    pub total_timeout_ms: u64,
+    #[serde(default)]
+    pub health_check: HealthCheckFile,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2_000
+}
+
+fn default_read_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_total_timeout_ms() -> u64 {
+    60_000
+}
+
+/// How the gateway checks a backend address. Without `path`, a TCP connect is the check.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckFile {
+    /// HTTP path answered with 200 by a healthy address, for example `/healthz`.
+    pub path: Option<String>,
+    pub interval_ms: u64,
+}
+
+impl Default for HealthCheckFile {
+    fn default() -> Self {
+        Self {
+            path: None,
+            interval_ms: 2_000,
+        }
+    }
+}
+
 /// One API key: its SHA-256 as hex, or the key itself (normally `${ENV_VAR}`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -204,6 +256,62 @@ pub struct WorkflowFile {
     pub response: ResponseModeFile,
     /// Overrides `limits.max_body_bytes` for this workflow.
     pub max_body_bytes: Option<usize>,
+    /// Sends the run on to a backend service.
+    pub forward: Option<ForwardFile>,
+}
+
+/// Where and how a workflow forwards its runs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardFile {
+    /// A name from `backends` in gateway.yaml.
+    pub backend: String,
+    /// Method of the forwarded request; the caller's method when absent.
+    pub method: Option<String>,
+    /// Path (and query) on the backend; `{variable}` inserts a mapped variable, percent-encoded.
+    pub path: String,
+    /// What is sent: the body as received, the mapped variables, or the script's result.
+    pub body: Option<ForwardBodyFile>,
+    #[serde(default)]
+    pub headers: ForwardHeadersFile,
+    #[serde(default)]
+    pub retry: RetryFile,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardBodyFile {
+    Original,
+    Variables,
+    Script,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardHeadersFile {
+    /// Caller headers passed on unchanged. Credentials and signatures are never passed.
+    pub pass: Vec<String>,
+    /// Headers added to every forwarded request.
+    pub add: IndexMap<String, String>,
+}
+
+/// Background delivery of accepted runs: attempts and backoff between them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryFile {
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryFile {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 30_000,
+        }
+    }
 }
 
 fn default_true() -> bool {

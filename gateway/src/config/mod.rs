@@ -12,6 +12,7 @@ mod settings;
 mod workflow;
 
 use crate::auth::{ApiKeys, KeyPolicy};
+use crate::forward::Forward;
 use crate::mapping::Mapping;
 use crate::schema::Schema;
 use crate::script::{CompiledScript, ScriptEngine};
@@ -37,6 +38,7 @@ pub struct Config {
     pub sandbox: SandboxLimits,
     pub runs: RunSettings,
     pub keys: ApiKeys,
+    pub backends: Vec<BackendSettings>,
     pub engine: Arc<ScriptEngine>,
     /// Sorted by id.
     pub workflows: Vec<Arc<Workflow>>,
@@ -97,6 +99,30 @@ pub struct RunSettings {
     pub record_ttl: Duration,
 }
 
+/// A named backend service.
+#[derive(Debug, Clone)]
+pub struct BackendSettings {
+    pub name: String,
+    /// At least one.
+    pub addresses: Vec<BackendAddress>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub total_timeout: Duration,
+    /// HTTP path of the health check; `None` checks with a TCP connect.
+    pub health_path: Option<String>,
+    pub health_interval: Duration,
+}
+
+/// One address of a backend, resolved at load.
+#[derive(Debug, Clone)]
+pub struct BackendAddress {
+    pub tls: bool,
+    pub host: String,
+    /// `host:port`, for the `Host` header.
+    pub authority: String,
+    pub socket: std::net::SocketAddr,
+}
+
 /// How the caller is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseMode {
@@ -120,6 +146,7 @@ pub struct Workflow {
     pub script: Option<CompiledScript>,
     pub response: ResponseMode,
     pub max_body_bytes: usize,
+    pub forward: Option<Forward>,
     /// The workflow file.
     pub source: PathBuf,
 }
@@ -229,6 +256,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         sandbox: gateway.sandbox,
         runs: gateway.runs,
         keys: gateway.keys,
+        backends: gateway.backends,
         engine,
         workflows,
     })

@@ -1,14 +1,14 @@
 //! Validation of `gateway.yaml` into settings. Each field is checked where it is read, and a
 //! bad value is reported and replaced by its default so that checking can go on.
 
-use super::file::{ApiKeyFile, GatewayFile};
+use super::file::{ApiKeyFile, BackendFile, GatewayFile};
 use super::{
-    AdminSettings, ConfigError, Limits, Problems, RunSettings, SandboxLimits, ServerSettings,
-    MAX_BODY_LIMIT_BYTES,
+    AdminSettings, BackendAddress, BackendSettings, ConfigError, Limits, Problems, RunSettings,
+    SandboxLimits, ServerSettings, MAX_BODY_LIMIT_BYTES,
 };
 use crate::auth::{self, ApiKeys, KeyDigest};
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ pub(super) struct GatewaySettings {
     pub sandbox: SandboxLimits,
     pub runs: RunSettings,
     pub keys: ApiKeys,
+    pub backends: Vec<BackendSettings>,
 }
 
 pub(super) fn validate(
@@ -45,6 +46,7 @@ pub(super) fn validate(
         sandbox: sandbox(&file, &mut problems),
         runs: runs(&file, &mut problems),
         keys: api_keys(&file.api_keys, &mut problems),
+        backends: backends(&file, &mut problems),
     }
 }
 
@@ -233,4 +235,126 @@ fn key_digest(key: &ApiKeyFile, location: &str, problems: &mut Problems<'_>) -> 
             None
         }
     }
+}
+
+fn backends(file: &GatewayFile, problems: &mut Problems<'_>) -> Vec<BackendSettings> {
+    file.backends
+        .iter()
+        .filter_map(|(name, backend)| backend_settings(name, backend, problems))
+        .collect()
+}
+
+fn backend_settings(
+    name: &str,
+    file: &BackendFile,
+    problems: &mut Problems<'_>,
+) -> Option<BackendSettings> {
+    let location = format!("backends.{name}");
+    let valid_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid_name {
+        problems.add(&location, "backend names are letters, digits, '-' and '_'");
+    }
+    if file.addresses.is_empty() {
+        problems.add(format!("{location}.addresses"), "lists no address");
+    }
+    problems.in_range(
+        &format!("{location}.connect_timeout_ms"),
+        file.connect_timeout_ms,
+        1..=60_000,
+    );
+    problems.in_range(
+        &format!("{location}.read_timeout_ms"),
+        file.read_timeout_ms,
+        1..=600_000,
+    );
+    problems.in_range(
+        &format!("{location}.total_timeout_ms"),
+        file.total_timeout_ms,
+        1..=3_600_000,
+    );
+    problems.in_range(
+        &format!("{location}.health_check.interval_ms"),
+        file.health_check.interval_ms,
+        100..=3_600_000,
+    );
+    if let Some(path) = &file.health_check.path {
+        if !path.starts_with('/') {
+            problems.add(
+                format!("{location}.health_check.path"),
+                format!("{path:?} must start with '/'"),
+            );
+        }
+    }
+
+    let addresses: Vec<BackendAddress> = file
+        .addresses
+        .iter()
+        .filter_map(|url| {
+            backend_address(url)
+                .map_err(|error| problems.add(format!("{location}.addresses"), error))
+                .ok()
+        })
+        .collect();
+    if addresses.len() != file.addresses.len() || addresses.is_empty() {
+        return None;
+    }
+
+    Some(BackendSettings {
+        name: name.to_string(),
+        addresses,
+        connect_timeout: Duration::from_millis(file.connect_timeout_ms.max(1)),
+        read_timeout: Duration::from_millis(file.read_timeout_ms.max(1)),
+        total_timeout: Duration::from_millis(file.total_timeout_ms.max(1)),
+        health_path: file.health_check.path.clone(),
+        health_interval: Duration::from_millis(file.health_check.interval_ms.max(100)),
+    })
+}
+
+/// Parses `http://host:port` or `https://host:port` and resolves the host once, at load.
+fn backend_address(url: &str) -> Result<BackendAddress, String> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest)
+    } else {
+        return Err(format!("{url:?} must start with http:// or https://"));
+    };
+
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "{url:?} must be scheme://host[:port], without a path"
+        ));
+    }
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:{}", if tls { 443 } else { 80 })
+    };
+    let host = with_port
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or_default();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+
+    let socket = with_port
+        .to_socket_addrs()
+        .map_err(|error| format!("cannot resolve {authority:?}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{authority:?} resolves to no address"))?;
+    Ok(BackendAddress {
+        tls,
+        host,
+        authority: authority.to_string(),
+        socket,
+    })
 }

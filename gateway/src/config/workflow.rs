@@ -1,10 +1,13 @@
 //! Validation of `workflows/*.yaml` into [`Workflow`]s: ids, triggers, schemas, mappings and
 //! scripts, each problem reported with the workflow file and the field it concerns.
 
-use super::file::{MappingRuleFile, ResponseModeFile, ValueTypeFile, WorkflowFile};
+use super::file::{
+    ForwardBodyFile, ForwardFile, MappingRuleFile, ResponseModeFile, ValueTypeFile, WorkflowFile,
+};
 use super::settings::GatewaySettings;
 use super::{read_yaml, ConfigError, Problems, ResponseMode, Workflow, MAX_BODY_LIMIT_BYTES};
 use crate::auth::KeyPolicy;
+use crate::forward::{Forward, ForwardBody, PathTemplate, RetryPolicy, NEVER_FORWARDED};
 use crate::mapping::{coerce, Mapping, Pointer, Rule, Source, ValueType};
 use crate::schema::Schema;
 use crate::script::{CompiledScript, ScriptEngine, RESERVED_NAMES};
@@ -83,11 +86,17 @@ fn validate(
     let mut problems = Problems::new(path, errors);
     check_id(&file.id, &mut problems);
 
+    let mapping = mapping(&file, &mut problems);
+    let forward = file
+        .forward
+        .as_ref()
+        .and_then(|forward| forward_settings(forward, &file, &mapping, gateway, &mut problems));
     let workflow = Workflow {
         methods: methods(&file.trigger.methods, &mut problems),
         key_policy: key_policy(&file, gateway, &mut problems),
         schema: schema(path, &file, &mut problems),
-        mapping: mapping(&file, &mut problems),
+        mapping,
+        forward,
         script: script(&file, gateway, engine, &mut problems),
         response: match file.response {
             ResponseModeFile::ReturnResults => ResponseMode::ReturnResults,
@@ -337,5 +346,129 @@ fn body_limit(
             limit
         }
         None => gateway.limits.max_body_bytes,
+    }
+}
+
+fn forward_settings(
+    forward: &ForwardFile,
+    file: &WorkflowFile,
+    mapping: &Mapping,
+    gateway: &GatewaySettings,
+    problems: &mut Problems<'_>,
+) -> Option<Forward> {
+    if !gateway
+        .backends
+        .iter()
+        .any(|backend| backend.name == forward.backend)
+    {
+        problems.add(
+            "forward.backend",
+            format!("no backend named {:?} in gateway.yaml", forward.backend),
+        );
+    }
+    let method = forward
+        .method
+        .as_ref()
+        .map(|m| m.trim().to_ascii_uppercase());
+    if let Some(method) = &method {
+        if method.is_empty() || http::Method::from_bytes(method.as_bytes()).is_err() {
+            problems.add(
+                "forward.method",
+                format!("{method:?} is not an http method"),
+            );
+        }
+    }
+
+    let path = PathTemplate::parse(&forward.path)
+        .map_err(|error| problems.add("forward.path", error))
+        .ok()?;
+    for name in path.variables() {
+        if !mapping.rules().iter().any(|rule| rule.name == name) {
+            problems.add(
+                "forward.path",
+                format!("{{{name}}} is not a mapped variable"),
+            );
+        }
+    }
+
+    let body = match (forward.body, file.script.is_some()) {
+        (Some(ForwardBodyFile::Original), _) => ForwardBody::Original,
+        (Some(ForwardBodyFile::Variables), _) | (None, false) => ForwardBody::Variables,
+        (Some(ForwardBodyFile::Script), true) | (None, true) => ForwardBody::Script,
+        (Some(ForwardBodyFile::Script), false) => {
+            problems.add(
+                "forward.body",
+                "`script` needs the workflow to have a script",
+            );
+            ForwardBody::Variables
+        }
+    };
+
+    Some(Forward {
+        backend: forward.backend.clone(),
+        method,
+        path,
+        body,
+        pass_headers: pass_headers(&forward.headers.pass, problems),
+        add_headers: added_headers(forward, problems),
+        retry: retry_policy(forward, problems),
+    })
+}
+
+fn pass_headers(names: &[String], problems: &mut Problems<'_>) -> Vec<String> {
+    let mut passed = Vec::new();
+    for name in names {
+        let lower = name.trim().to_ascii_lowercase();
+        if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            problems.add(
+                "forward.headers.pass",
+                format!("{name:?} is not a header name"),
+            );
+        } else if NEVER_FORWARDED.contains(&lower.as_str()) {
+            problems.add(
+                "forward.headers.pass",
+                format!("{name:?} carries credentials or is hop-by-hop; it is never forwarded"),
+            );
+        } else {
+            passed.push(lower);
+        }
+    }
+    passed
+}
+
+fn added_headers(forward: &ForwardFile, problems: &mut Problems<'_>) -> Vec<(String, String)> {
+    let mut added = Vec::new();
+    for (name, value) in &forward.headers.add {
+        let lower = name.trim().to_ascii_lowercase();
+        let valid_name = http::HeaderName::from_bytes(lower.as_bytes()).is_ok();
+        let valid_value = http::HeaderValue::from_str(value).is_ok();
+        if !valid_name || !valid_value || NEVER_FORWARDED[12..].contains(&lower.as_str()) {
+            problems.add("forward.headers.add", format!("{name:?} cannot be added"));
+        } else {
+            added.push((lower, value.clone()));
+        }
+    }
+    added
+}
+
+fn retry_policy(forward: &ForwardFile, problems: &mut Problems<'_>) -> RetryPolicy {
+    let retry = &forward.retry;
+    problems.in_range("forward.retry.max_attempts", retry.max_attempts, 1..=100);
+    problems.in_range(
+        "forward.retry.initial_backoff_ms",
+        retry.initial_backoff_ms,
+        1..=3_600_000,
+    );
+    problems.in_range(
+        "forward.retry.max_backoff_ms",
+        retry.max_backoff_ms,
+        1..=86_400_000,
+    );
+    RetryPolicy {
+        max_attempts: retry.max_attempts.clamp(1, 100),
+        initial_backoff: Duration::from_millis(retry.initial_backoff_ms.max(1)),
+        max_backoff: Duration::from_millis(
+            retry.max_backoff_ms.max(retry.initial_backoff_ms).max(1),
+        ),
     }
 }

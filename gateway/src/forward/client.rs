@@ -1,0 +1,241 @@
+//! One HTTP exchange with a backend, over Pingora's pooled upstream connections.
+//!
+//! `start` picks an address, sends the request and reads the answer's header within the
+//! backend's total timeout; the body is then read chunk by chunk, so a large answer can be
+//! streamed on without being held whole. A connection taken from the pool may have been closed
+//! by the backend while idle; such a failure before any answer is retried on another connection.
+
+use super::backends::BackendPool;
+use crate::error::GatewayError;
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Tries on pooled connections before giving up on a request that failed before any answer.
+const STALE_CONNECTION_TRIES: usize = 3;
+
+/// What is sent to the backend.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Lowercase names.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ForwardError {
+    /// Every address is unhealthy or suspended.
+    NoHealthyAddress,
+    /// Connecting failed, or the connection broke.
+    Unavailable(String),
+    /// The backend did not answer in time.
+    Timeout(String),
+}
+
+impl ForwardError {
+    pub fn into_gateway_error(self, backend: &str) -> GatewayError {
+        match self {
+            Self::NoHealthyAddress => GatewayError::BackendUnavailable {
+                backend: backend.to_string(),
+                status: 503,
+                reason: "no healthy address".into(),
+            },
+            Self::Unavailable(reason) => GatewayError::BackendUnavailable {
+                backend: backend.to_string(),
+                status: 502,
+                reason,
+            },
+            Self::Timeout(reason) => GatewayError::BackendTimeout {
+                backend: backend.to_string(),
+                reason,
+            },
+        }
+    }
+
+    /// A short description for run records and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::NoHealthyAddress => "no healthy address".into(),
+            Self::Unavailable(reason) => format!("unavailable: {reason}"),
+            Self::Timeout(reason) => format!("timed out: {reason}"),
+        }
+    }
+}
+
+fn classify(error: &pingora::Error) -> ForwardError {
+    let kind = error.etype();
+    let reason = kind.as_str().to_lowercase();
+    match kind {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            ForwardError::Timeout(reason)
+        }
+        _ => ForwardError::Unavailable(reason),
+    }
+}
+
+fn is_connect_failure(error: &pingora::Error) -> bool {
+    matches!(
+        error.etype(),
+        ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError
+    )
+}
+
+/// An exchange whose answer header has arrived; the body is still to be read.
+pub struct Exchange {
+    session: HttpSession,
+    peer: HttpPeer,
+    pub address: SocketAddr,
+}
+
+impl Exchange {
+    pub fn response_header(&self) -> Option<&ResponseHeader> {
+        self.session.response_header()
+    }
+
+    pub fn status(&self) -> u16 {
+        self.response_header().map_or(502, |h| h.status.as_u16())
+    }
+
+    /// The next piece of the answer's body; `None` at its end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, ForwardError> {
+        self.session
+            .read_response_body()
+            .await
+            .map_err(|error| classify(&error))
+    }
+
+    /// Returns the connection to the pool when the answer was read to its end.
+    pub async fn finish(self, connector: &Connector) {
+        let mut session = self.session;
+        if session.response_done() {
+            connector
+                .release_http_session(session, &self.peer, self.peer.options.idle_timeout)
+                .await;
+        } else {
+            session.shutdown().await;
+        }
+    }
+}
+
+/// Sends `request` to an address of `pool` and waits for the answer's header.
+pub async fn start(
+    connector: &Connector,
+    pool: &Arc<BackendPool>,
+    request: &UpstreamRequest,
+) -> Result<Exchange, ForwardError> {
+    let deadline = pool.settings.total_timeout;
+    match tokio::time::timeout(deadline, start_within(connector, pool, request)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(ForwardError::Timeout(format!(
+            "no answer within {} ms",
+            deadline.as_millis()
+        ))),
+    }
+}
+
+async fn start_within(
+    connector: &Connector,
+    pool: &Arc<BackendPool>,
+    request: &UpstreamRequest,
+) -> Result<Exchange, ForwardError> {
+    let selected = pool.select().ok_or(ForwardError::NoHealthyAddress)?;
+    let header = request_header(request, &selected.authority)?;
+
+    let mut last_error = None;
+    for _ in 0..STALE_CONNECTION_TRIES {
+        let (mut session, reused) = match connector.get_http_session(&selected.peer).await {
+            Ok(pair) => pair,
+            Err(error) => {
+                if is_connect_failure(&error) {
+                    pool.suspend(selected.address);
+                }
+                return Err(classify(&error));
+            }
+        };
+
+        match exchange(&mut session, header.clone(), &request.body).await {
+            Ok(()) => {
+                return Ok(Exchange {
+                    session,
+                    peer: selected.peer,
+                    address: selected.address,
+                })
+            }
+            // A pooled connection closed while idle: try another before blaming the backend.
+            Err(error) if reused && !matches!(error.etype(), ErrorType::ReadTimedout) => {
+                last_error = Some(classify(&error));
+            }
+            Err(error) => return Err(classify(&error)),
+        }
+    }
+    Err(last_error.unwrap_or(ForwardError::Unavailable("connection failed".into())))
+}
+
+async fn exchange(
+    session: &mut HttpSession,
+    header: RequestHeader,
+    body: &Bytes,
+) -> pingora::Result<()> {
+    session.write_request_header(Box::new(header)).await?;
+    if !body.is_empty() {
+        session.write_request_body(body.clone(), false).await?;
+    }
+    session.finish_request_body().await?;
+    session.read_response_header().await
+}
+
+fn request_header(
+    request: &UpstreamRequest,
+    authority: &str,
+) -> Result<RequestHeader, ForwardError> {
+    let build = || -> pingora::Result<RequestHeader> {
+        let mut header = RequestHeader::build(
+            request.method.as_str(),
+            request.path.as_bytes(),
+            Some(request.headers.len() + 2),
+        )?;
+        header.insert_header("host", authority)?;
+        for (name, value) in &request.headers {
+            header.append_header(name.clone(), value.as_str())?;
+        }
+        header.insert_header("content-length", request.body.len().to_string())?;
+        Ok(header)
+    };
+    build().map_err(|error| {
+        ForwardError::Unavailable(format!(
+            "cannot build the request: {}",
+            error.etype().as_str()
+        ))
+    })
+}
+
+/// Reads a whole answer, keeping at most `limit` bytes of its body.
+pub async fn read_all(
+    exchange: &mut Exchange,
+    limit: usize,
+) -> Result<(Bytes, bool), ForwardError> {
+    let mut body = Vec::new();
+    let mut truncated = false;
+    while let Some(chunk) = exchange.next_chunk().await? {
+        let room = limit.saturating_sub(body.len());
+        truncated |= chunk.len() > room;
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    Ok((Bytes::from(body), truncated))
+}
