@@ -107,5 +107,5 @@ fn shipped_configuration_passes_check() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("3 workflows (2 active)"), "{stdout}");
+    assert!(stdout.contains("4 workflows (3 active)"), "{stdout}");
 }

@@ -7,5 +7,6 @@ mod admin_and_runs;
 mod auth;
 mod cli;
 mod examples;
+mod forward;
 mod mapping_and_scripts;
 mod payload;

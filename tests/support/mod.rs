@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod backend;
+
 pub const BINARY: &str = env!("CARGO_BIN_EXE_webhook-gateway");
 pub const DEMO_KEY: &str = "demo-key-0001";
 pub const TEST_KEY: &str = "test-key-0123456789";

@@ -5,7 +5,7 @@
 //! streamed on without being held whole. A connection taken from the pool may have been closed
 //! by the backend while idle; such a failure before any answer is retried on another connection.
 
-use super::backends::BackendPool;
+use super::backends::{BackendPool, Selected};
 use crate::error::GatewayError;
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
@@ -154,26 +154,50 @@ async fn start_within(
     pool: &Arc<BackendPool>,
     request: &UpstreamRequest,
 ) -> Result<Exchange, ForwardError> {
-    let selected = pool.select().ok_or(ForwardError::NoHealthyAddress)?;
-    let header = request_header(request, &selected.authority)?;
-
-    let mut last_error = None;
-    for _ in 0..STALE_CONNECTION_TRIES {
-        let (mut session, reused) = match connector.get_http_session(&selected.peer).await {
-            Ok(pair) => pair,
-            Err(error) => {
-                if is_connect_failure(&error) {
-                    pool.suspend(selected.address);
-                }
-                return Err(classify(&error));
+    // A request that could not connect was never delivered, so the next address may take it.
+    let mut last_error = ForwardError::NoHealthyAddress;
+    for _ in 0..pool.settings.addresses.len() {
+        let selected = pool.select().ok_or_else(|| last_error.clone())?;
+        match send_to(connector, &selected, request).await {
+            Err(Failure::Connect(error)) => {
+                pool.suspend(selected.address);
+                last_error = error;
             }
-        };
+            Err(Failure::Exchange(error)) => return Err(error),
+            Ok(exchange) => return Ok(exchange),
+        }
+    }
+    Err(last_error)
+}
+
+enum Failure {
+    Connect(ForwardError),
+    Exchange(ForwardError),
+}
+
+async fn send_to(
+    connector: &Connector,
+    selected: &Selected,
+    request: &UpstreamRequest,
+) -> Result<Exchange, Failure> {
+    let header = request_header(request, &selected.authority).map_err(Failure::Exchange)?;
+    let mut last_error = None;
+
+    for _ in 0..STALE_CONNECTION_TRIES {
+        let (mut session, reused) =
+            connector
+                .get_http_session(&selected.peer)
+                .await
+                .map_err(|error| match is_connect_failure(&error) {
+                    true => Failure::Connect(classify(&error)),
+                    false => Failure::Exchange(classify(&error)),
+                })?;
 
         match exchange(&mut session, header.clone(), &request.body).await {
             Ok(()) => {
                 return Ok(Exchange {
                     session,
-                    peer: selected.peer,
+                    peer: selected.peer.clone(),
                     address: selected.address,
                 })
             }
@@ -181,10 +205,11 @@ async fn start_within(
             Err(error) if reused && !matches!(error.etype(), ErrorType::ReadTimedout) => {
                 last_error = Some(classify(&error));
             }
-            Err(error) => return Err(classify(&error)),
+            Err(error) => return Err(Failure::Exchange(classify(&error))),
         }
     }
-    Err(last_error.unwrap_or(ForwardError::Unavailable("connection failed".into())))
+    let error = last_error.unwrap_or_else(|| ForwardError::Unavailable("connection failed".into()));
+    Err(Failure::Exchange(error))
 }
 
 async fn exchange(
