@@ -64,6 +64,10 @@ fn full_pool_answers_503_with_retry_after_and_drops_nothing_it_accepted() {
     for response in &refused {
         assert_eq!(response.error_code(), "overloaded");
         assert_eq!(response.header("retry-after"), Some("1"));
+        assert!(
+            response.json()["error"].get("run_id").is_none(),
+            "a refused run has no id"
+        );
     }
     for response in accepted {
         let record = gateway.wait_for_run(response.json()["run_id"].as_str().unwrap());

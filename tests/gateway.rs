@@ -8,5 +8,6 @@ mod auth;
 mod cli;
 mod examples;
 mod forward;
+mod hardening;
 mod mapping_and_scripts;
 mod payload;

@@ -52,7 +52,13 @@ impl AdminApi {
         }
         match path.strip_prefix(RUNS_PREFIX) {
             Some(run_id) if !run_id.is_empty() && !run_id.contains('/') => self.run(run_id),
-            _ => Reply::error(&GatewayError::NotFound, None),
+            _ => Reply::json(
+                404,
+                &json!({ "error": {
+                    "code": "not_found",
+                    "message": format!("no admin endpoint at {path:?}")
+                } }),
+            ),
         }
     }
 
@@ -75,7 +81,7 @@ impl ServeHttp for AdminApi {
             self.route(&request.method, request.uri.path())
         } else {
             Reply::error(
-                &GatewayError::Unauthorized("an admin token is required"),
+                &GatewayError::Unauthorized("the admin token is missing or wrong"),
                 None,
             )
         };

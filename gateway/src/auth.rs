@@ -56,8 +56,13 @@ impl ApiKeys {
         let KeyPolicy::Required { allowed } = policy else {
             return Ok(None);
         };
-        let presented =
-            presented_key(headers).ok_or(GatewayError::Unauthorized("an api key is required"))?;
+        let presented = match presented_key(headers) {
+            Presented::One(key) => key,
+            Presented::None => return Err(GatewayError::Unauthorized("an api key is required")),
+            Presented::Unusable => {
+                return Err(GatewayError::Unauthorized("the api key is not valid"))
+            }
+        };
 
         let name = self
             .find(presented)
@@ -77,19 +82,44 @@ impl ApiKeys {
     }
 }
 
-/// The key a caller sent: `X-API-Key`, or else `Authorization: Bearer <key>`.
-pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers.get("x-api-key") {
-        return value
-            .to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|key| !key.is_empty());
+/// What a caller presented as its key.
+#[derive(Debug, PartialEq)]
+pub enum Presented<'a> {
+    None,
+    One(&'a str),
+    /// Several different keys, or one that is not text: refused rather than guessed at.
+    Unusable,
+}
+
+/// The key a caller sent, in `X-API-Key` or `Authorization: Bearer <key>`. Empty values
+/// count as absent; two different keys, or a key that is not ASCII text, are unusable.
+pub fn presented_key(headers: &HeaderMap) -> Presented<'_> {
+    let mut found: Option<&str> = None;
+    let from_header = headers
+        .get_all("x-api-key")
+        .iter()
+        .map(|v| v.to_str().map(str::trim));
+    let from_bearer = headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .map(|v| v.to_str().map(|text| bearer_token(text).unwrap_or("")));
+
+    for candidate in from_header.chain(from_bearer) {
+        match candidate {
+            Err(_) => return Presented::Unusable,
+            Ok("") => {}
+            Ok(key) if found.is_some_and(|first| first != key) => return Presented::Unusable,
+            Ok(key) => found = Some(key),
+        }
     }
-    let authorization = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    found.map_or(Presented::None, Presented::One)
+}
+
+fn bearer_token(authorization: &str) -> Option<&str> {
     let (scheme, token) = authorization.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 /// Compares two secrets without leaking, through timing, where they first differ.
@@ -148,6 +178,24 @@ mod tests {
         assert!(keys()
             .authenticate(&only_ci, &headers("x-api-key", "demo-key-0001"))
             .is_err());
+    }
+
+    #[test]
+    fn conflicting_or_empty_key_headers_are_handled_without_guessing() {
+        let mut two = HeaderMap::new();
+        two.append("x-api-key", HeaderValue::from_static("demo-key-0001"));
+        two.append("x-api-key", HeaderValue::from_static("wrong"));
+        assert_eq!(presented_key(&two), Presented::Unusable);
+
+        let mut empty_then_bearer = HeaderMap::new();
+        empty_then_bearer.append("x-api-key", HeaderValue::from_static(""));
+        empty_then_bearer.append("authorization", HeaderValue::from_static("Bearer ci-key"));
+        assert_eq!(presented_key(&empty_then_bearer), Presented::One("ci-key"));
+
+        let mut same_twice = HeaderMap::new();
+        same_twice.append("x-api-key", HeaderValue::from_static("ci-key"));
+        same_twice.append("authorization", HeaderValue::from_static("Bearer ci-key"));
+        assert_eq!(presented_key(&same_twice), Presented::One("ci-key"));
     }
 
     #[test]

@@ -16,6 +16,15 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// Prints a line to stdout. A closed pipe (`webhook-gateway urls | head -1`) is not an error
+/// worth a panic: the reader has what it wanted.
+macro_rules! emit {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "webhook-gateway",
@@ -101,10 +110,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Urls { json } => urls(&cli.config, json),
         Command::Keys {
             command: KeysCommand::Generate { name },
-        } => {
-            generate_key(&name);
-            Ok(())
-        }
+        } => generate_key(&name),
         Command::Test {
             workflow_id,
             event,
@@ -172,7 +178,7 @@ fn check(path: &Path) -> Result<(), String> {
         .iter()
         .filter(|w| w.schema.is_some())
         .count();
-    println!(
+    emit!(
         "ok: {} workflows ({active} active), {scripts} scripts and {schemas} schemas compiled",
         config.workflows.len()
     );
@@ -204,28 +210,39 @@ fn urls(path: &Path, as_json: bool) -> Result<(), String> {
         .collect();
 
     if as_json {
-        println!("{}", Value::Array(listed));
+        emit!("{}", Value::Array(listed));
         return Ok(());
     }
-    println!("{:<24} {:<7} URL", "ID", "ACTIVE");
+    emit!("{:<24} {:<7} URL", "ID", "ACTIVE");
     for entry in &listed {
         let active = if entry["active"] == true { "yes" } else { "no" };
         let id = entry["id"].as_str().unwrap_or_default();
         let url = entry["url"].as_str().unwrap_or_default();
-        println!("{id:<24} {active:<7} {url}");
+        emit!("{id:<24} {active:<7} {url}");
     }
     Ok(())
 }
 
-fn generate_key(name: &str) {
+fn generate_key(name: &str) -> Result<(), String> {
+    let valid = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        return Err(format!(
+            "key name {name:?} must be 1 to 64 of a-z, A-Z, 0-9, '-', '_' and '.'"
+        ));
+    }
+
     let key = auth::generate_key();
     let digest = hex::encode(auth::digest(&key));
-    println!("key: {key}");
-    println!(
+    emit!("key: {key}");
+    emit!(
         "Give the key to the caller; store only its hash. Add this under api_keys in gateway.yaml:"
     );
-    println!("  - name: {name}");
-    println!("    sha256: \"{digest}\"");
+    emit!("  - name: {name}");
+    emit!("    sha256: \"{digest}\"");
+    Ok(())
 }
 
 fn test(
@@ -240,6 +257,13 @@ fn test(
         .workflow(workflow_id)
         .ok_or_else(|| format!("no workflow with id {workflow_id:?}"))?;
     let body = std::fs::read(event).map_err(|error| format!("{}: {error}", event.display()))?;
+    if body.len() > workflow.max_body_bytes {
+        let error = GatewayError::PayloadTooLarge {
+            limit_bytes: workflow.max_body_bytes,
+        };
+        emit!("{}", failure_report(workflow_id, None, &error));
+        return Err(String::new());
+    }
     let headers = parse_headers(header_lines)?;
 
     let parts = RequestParts {
@@ -260,7 +284,7 @@ fn test(
         Ok((prepared, Err(error))) => failure_report(workflow_id, Some(prepared.variables), &error),
         Err(error) => failure_report(workflow_id, None, &error),
     };
-    println!(
+    emit!(
         "{}",
         serde_json::to_string_pretty(&report).unwrap_or_default()
     );

@@ -3,8 +3,9 @@
 //! the body, the pipeline, and the answer: a reply built here, 202 for an accepted run, or the
 //! backend's answer relayed for a forwarding workflow.
 //!
-//! Scripts run inline on the Pingora worker thread, bounded by the sandbox's operation budget
-//! and wall-clock limit. Forwarding uses Pingora's pooled upstream connections directly
+//! Scripts run inline on the Pingora worker thread, bounded by the sandbox's operation budget,
+//! memory and wall-clock limits; the thread hands its other connections over while a script
+//! runs. Forwarding uses Pingora's pooled upstream connections directly
 //! rather than the proxy phases: the body must be read whole and validated before anything
 //! is sent, which Pingora's proxy path only supports up to 64 KiB.
 
@@ -88,7 +89,8 @@ impl Edge {
             .authenticate(&workflow.key_policy, &request.headers)?;
         let declared = declared_length(session, workflow.max_body_bytes)?;
 
-        let body = read_body(session, workflow.max_body_bytes, declared).await?;
+        let total_timeout = state.config.server.body_total_timeout;
+        let body = read_body(session, workflow.max_body_bytes, declared, total_timeout).await?;
         let request = session.req_header();
         let parts = RequestParts {
             headers: &request.headers,
@@ -102,6 +104,8 @@ impl Edge {
         ctx.run_id = Some(run_id.clone());
         match workflow.response {
             ResponseMode::Accept => {
+                // A refused run never existed: its id must not reach the caller.
+                ctx.run_id = None;
                 state.runs.submit(Job {
                     run_id: run_id.clone(),
                     request_id: ctx.request_id.clone(),
@@ -110,6 +114,7 @@ impl Edge {
                     body,
                     caller_method,
                 })?;
+                ctx.run_id = Some(run_id.clone());
                 let accepted = json!({ "run_id": run_id, "status": "accepted" });
                 Ok(Answer::Reply(
                     Reply::json(202, &accepted).with_header("x-run-id", run_id),
@@ -122,8 +127,7 @@ impl Edge {
                 Ok(Answer::Relay(Box::new(exchange)))
             }
             ResponseMode::ReturnResults => {
-                let result =
-                    pipeline::execute(&state.config.engine, &workflow, &prepared, &run_id)?;
+                let result = run_script(state, &workflow, &prepared, &run_id)?;
                 Ok(Answer::Reply(
                     Reply::json(200, &result).with_header("x-run-id", run_id),
                 ))
@@ -150,12 +154,7 @@ impl Edge {
             .ok_or(GatewayError::Internal)?;
 
         let script_result = match workflow.script {
-            Some(_) => Some(pipeline::execute(
-                &state.config.engine,
-                workflow,
-                prepared,
-                run_id,
-            )?),
+            Some(_) => Some(run_script(state, workflow, prepared, run_id)?),
             None => None,
         };
         let ids = RequestIds {
@@ -205,6 +204,20 @@ impl Edge {
         exchange.finish(&self.connector).await;
         Ok(())
     }
+}
+
+/// Runs a workflow's script on this worker thread. A script may compute for up to its time
+/// limit, so the thread first hands its other connections to the rest of the runtime: a slow
+/// script delays only its own request.
+fn run_script(
+    state: &GatewayState,
+    workflow: &Workflow,
+    prepared: &Prepared,
+    run_id: &str,
+) -> Result<serde_json::Value, GatewayError> {
+    tokio::task::block_in_place(|| {
+        pipeline::execute(&state.config.engine, workflow, prepared, run_id)
+    })
 }
 
 /// The backend's status and end-to-end headers, plus the run and request ids.
@@ -270,8 +283,25 @@ fn declared_length(session: &Session, limit: usize) -> Result<Option<usize>, Gat
 }
 
 /// Reads the whole body, failing with 413 as soon as it passes `limit`: the rest is never
-/// buffered, and the connection is closed after the answer.
+/// buffered, and the connection is closed after the answer. Each read waits at most
+/// `server.body_read_timeout_ms` and the whole body `server.body_total_timeout_ms`, so a
+/// sender that trickles bytes cannot hold a connection open indefinitely.
 async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    declared: Option<usize>,
+    total_timeout: std::time::Duration,
+) -> Result<Bytes, GatewayError> {
+    let outcome = tokio::time::timeout(total_timeout, read_capped(session, limit, declared)).await;
+    let outcome = outcome.unwrap_or(Err(GatewayError::RequestTimeout));
+    if outcome.is_err() {
+        // What is left of the request on the wire cannot be trusted to frame the next one.
+        session.set_keepalive(None);
+    }
+    outcome
+}
+
+async fn read_capped(
     session: &mut Session,
     limit: usize,
     declared: Option<usize>,
@@ -290,9 +320,8 @@ async fn read_body(
                 return Err(GatewayError::RequestTimeout)
             }
             Err(error) => {
-                return Err(GatewayError::BadRequest(
-                    error.etype().as_str().to_lowercase(),
-                ))
+                let reason = error.etype().as_str().to_lowercase();
+                return Err(GatewayError::BadRequest(reason));
             }
         }
     }
@@ -338,6 +367,8 @@ impl ProxyHttp for Edge {
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
         ctx.request_id = request_id(session);
+        // Answer pipelined requests in order instead of closing after the first (RFC 9112 §9.3.2).
+        session.set_pipelining_enabled(true);
         // Pingora keeps idle HTTP/1.1 connections open forever unless told otherwise.
         let server = &self.state.config.server;
         session.set_keepalive(Some(server.idle_timeout.as_secs()));

@@ -42,8 +42,11 @@ pub enum GatewayError {
     #[error("json nesting is deeper than the limit of {limit} levels")]
     JsonTooDeep { limit: usize },
 
-    #[error("payload does not match the workflow's schema ({} violation(s))", .0.len())]
-    SchemaViolation(Vec<Violation>),
+    #[error("payload does not match the workflow's schema: {total} violation(s){}", listed_note(*.total, .violations.len()))]
+    SchemaViolation {
+        total: usize,
+        violations: Vec<Violation>,
+    },
 
     #[error("required field {0:?} is missing")]
     MissingField(String),
@@ -84,6 +87,14 @@ pub enum GatewayError {
     Internal,
 }
 
+fn listed_note(total: usize, listed: usize) -> String {
+    if listed < total {
+        format!(", the first {listed} listed")
+    } else {
+        String::new()
+    }
+}
+
 impl GatewayError {
     /// The HTTP status a client expects for this error.
     pub fn status(&self) -> u16 {
@@ -94,7 +105,7 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } => 413,
             Self::UnsupportedMediaType(_) => 415,
             Self::InvalidJson(_) | Self::JsonTooDeep { .. } | Self::BadRequest(_) => 400,
-            Self::SchemaViolation(_) | Self::MissingField(_) | Self::InvalidField { .. } => 422,
+            Self::SchemaViolation { .. } | Self::MissingField(_) | Self::InvalidField { .. } => 422,
             Self::Rejected { status, .. } => *status,
             Self::ScriptError | Self::Internal => 500,
             Self::ScriptTimeout(_) => 504,
@@ -116,7 +127,7 @@ impl GatewayError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::InvalidJson(_) => "invalid_json",
             Self::JsonTooDeep { .. } => "json_too_deep",
-            Self::SchemaViolation(_) => "schema_violation",
+            Self::SchemaViolation { .. } => "schema_violation",
             Self::MissingField(_) => "missing_field",
             Self::InvalidField { .. } => "invalid_field",
             Self::Rejected { .. } => "rejected",
@@ -139,7 +150,7 @@ impl GatewayError {
                 retry_after_seconds,
             } => vec![("retry-after", retry_after_seconds.to_string())],
             Self::BackendUnavailable { status: 503, .. } => vec![("retry-after", "5".to_string())],
-            Self::Unauthorized(_) => vec![(
+            Self::Unauthorized(_) | Self::Rejected { status: 401, .. } => vec![(
                 "www-authenticate",
                 "Bearer realm=\"webhook-gateway\"".to_string(),
             )],
@@ -152,7 +163,7 @@ impl GatewayError {
         let mut error = json!({ "code": self.code(), "message": self.to_string() });
 
         match self {
-            Self::SchemaViolation(violations) => {
+            Self::SchemaViolation { violations, .. } => {
                 let listed: Vec<Value> = violations
                     .iter()
                     .map(|v| json!({ "instance_path": v.instance_path, "message": v.message }))
@@ -206,10 +217,13 @@ mod tests {
 
     #[test]
     fn error_body_carries_run_id_and_violations() {
-        let error = GatewayError::SchemaViolation(vec![Violation {
-            instance_path: "/id".into(),
-            message: "bad".into(),
-        }]);
+        let error = GatewayError::SchemaViolation {
+            total: 1,
+            violations: vec![Violation {
+                instance_path: "/id".into(),
+                message: "bad".into(),
+            }],
+        };
         let body = error.to_json(Some("run-1"));
         assert_eq!(body["error"]["run_id"], "run-1");
         assert_eq!(body["error"]["violations"][0]["instance_path"], "/id");

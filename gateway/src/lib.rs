@@ -6,7 +6,7 @@
 //! Each step lives in its own module; `edge` strings them together inside Pingora and
 //! `pipeline` holds the part that does not depend on HTTP, so the CLI can run it offline.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod auth;
@@ -17,6 +17,7 @@ pub mod error;
 pub mod forward;
 pub mod http_reply;
 pub mod mapping;
+pub mod memory;
 pub mod payload;
 pub mod pipeline;
 pub mod routing;

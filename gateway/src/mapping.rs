@@ -172,8 +172,7 @@ fn lookup(source: &Source, input: &MappingInput<'_>) -> Option<Value> {
         Source::Header(name) => input
             .headers
             .get(name)
-            .and_then(|value| value.to_str().ok())
-            .map(|text| Value::String(text.to_string())),
+            .map(|value| Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned())),
         Source::Query(name) => input
             .query
             .iter()
@@ -190,10 +189,12 @@ pub fn coerce(value: Value, value_type: ValueType) -> Result<Value, String> {
         (ValueType::String, Value::Number(n)) => Ok(Value::String(n.to_string())),
         (ValueType::String, Value::Bool(b)) => Ok(Value::String(b.to_string())),
         (ValueType::Integer, Value::Number(n)) if is_integer(&n) => Ok(Value::Number(n)),
+        (ValueType::Integer, Value::Number(n)) => integral_float(&n),
         (ValueType::Integer, Value::String(text)) => parse_integer(text.trim()),
         (ValueType::Number, Value::Number(n)) => Ok(Value::Number(n)),
         (ValueType::Number, Value::String(text)) => parse_number(text.trim()),
         (ValueType::Boolean, Value::Bool(b)) => Ok(Value::Bool(b)),
+        (ValueType::Boolean, Value::Number(n)) => parse_boolean(&n.to_string()),
         (ValueType::Boolean, Value::String(text)) => parse_boolean(&text),
         (wanted, other) => Err(format!(
             "is {} and cannot be read as {}",
@@ -209,12 +210,39 @@ fn is_integer(number: &Number) -> bool {
     !number.to_string().contains(['.', 'e', 'E'])
 }
 
+/// Digits with an optional sign; leading zeros are dropped (`"007"` is 7). Any size is kept
+/// exact. A number in exponent or decimal form is accepted when its value is whole.
 fn parse_integer(text: &str) -> Result<Value, String> {
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    let well_formed = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
-    match Number::from_str(text) {
-        Ok(number) if well_formed => Ok(Value::Number(number)),
-        _ => Err(format!("is {text:?}, which is not an integer")),
+    let refusal = || format!("is {text:?}, which is not an integer");
+    let (sign, digits) = match text.strip_prefix('-') {
+        Some(digits) => ("-", digits),
+        None => ("", text.strip_prefix('+').unwrap_or(text)),
+    };
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        let trimmed = digits.trim_start_matches('0');
+        let canonical = match trimmed {
+            "" => "0".to_string(),
+            _ => format!("{sign}{trimmed}"),
+        };
+        return Number::from_str(&canonical)
+            .map(Value::Number)
+            .map_err(|_| refusal());
+    }
+    Number::from_str(text)
+        .ok()
+        .and_then(|number| integral_float(&number).ok())
+        .ok_or_else(refusal)
+}
+
+/// A number such as `1e2` or `3.0` whose value is whole and within ±2^53, where a float still
+/// stands for exactly one integer.
+fn integral_float(number: &Number) -> Result<Value, String> {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match number.as_f64() {
+        Some(float) if float.fract() == 0.0 && float.abs() <= EXACT => {
+            Ok(Value::from(float as i64))
+        }
+        _ => Err(format!("is {number}, which is not an integer")),
     }
 }
 
@@ -321,7 +349,23 @@ mod tests {
             "7"
         );
         assert!(coerce(json!(1.5), ValueType::Integer).is_err());
-        assert!(coerce(json!("1e3"), ValueType::Integer).is_err());
+        assert_eq!(
+            coerce(json!("1e3"), ValueType::Integer).unwrap(),
+            json!(1000)
+        );
+        assert_eq!(
+            coerce(json!("007"), ValueType::Integer)
+                .unwrap()
+                .to_string(),
+            "7"
+        );
+        assert_eq!(
+            coerce(json!("-0"), ValueType::Integer).unwrap().to_string(),
+            "0"
+        );
+        assert_eq!(coerce(json!(3.0), ValueType::Integer).unwrap(), json!(3));
+        assert!(coerce(json!("12a"), ValueType::Integer).is_err());
+        assert_eq!(coerce(json!(1), ValueType::Boolean).unwrap(), json!(true));
         assert!(coerce(json!({"a": 1}), ValueType::String)
             .unwrap_err()
             .contains("an object"));

@@ -53,6 +53,24 @@ pub fn parse_json(body: &[u8], max_depth: usize) -> Result<Value, GatewayError> 
     Ok(value)
 }
 
+/// Checks that a body is one well-formed JSON document within the depth limit, without
+/// building it: for workflows that use none of the event's contents.
+pub fn validate_json(body: &[u8], max_depth: usize) -> Result<(), GatewayError> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    if nesting_exceeds(body, max_depth) {
+        return Err(GatewayError::JsonTooDeep { limit: max_depth });
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    deserializer.disable_recursion_limit();
+    serde::de::IgnoredAny::deserialize(&mut deserializer)
+        .and_then(|_| deserializer.end())
+        .map_err(|error| GatewayError::InvalidJson(error.to_string()))
+}
+
 /// Whether arrays and objects nest deeper than `max_depth` anywhere in `body`.
 ///
 /// A linear scan that skips string contents; it runs before parsing so that a hostile
@@ -148,6 +166,22 @@ mod tests {
         assert_eq!(value["big"].to_string(), "9223372036854775808");
         assert_eq!(value["neg"].to_string(), "-9223372036854775809");
         assert_eq!(value["f"].to_string(), "0.1");
+    }
+
+    #[test]
+    fn validation_without_building_agrees_with_parsing() {
+        for body in [
+            &b"{}"[..],
+            b"[1, {\"a\": \"x\"}]",
+            b"",
+            b"{",
+            b"{} x",
+            b"[[[[1]]]]",
+        ] {
+            let parsed = parse_json(body, 3).map(drop).map_err(|e| e.code());
+            let validated = validate_json(body, 3).map_err(|e| e.code());
+            assert_eq!(parsed, validated, "{}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]

@@ -49,12 +49,17 @@ pub fn prepare(
         .get(http::header::CONTENT_TYPE)
         .map(|value| value.to_str().unwrap_or("(not text)"));
     payload::check_content_type(content_type)?;
-    let event = payload::parse_json(parts.body, limits.max_json_depth)?;
+    let event = if uses_event(workflow) {
+        payload::parse_json(parts.body, limits.max_json_depth)?
+    } else {
+        payload::validate_json(parts.body, limits.max_json_depth)?;
+        Value::Null
+    };
 
     if let Some(schema) = &workflow.schema {
-        let violations = schema.violations(&event);
-        if !violations.is_empty() {
-            return Err(GatewayError::SchemaViolation(violations));
+        let (total, violations) = schema.violations(&event);
+        if total > 0 {
+            return Err(GatewayError::SchemaViolation { total, violations });
         }
     }
 
@@ -71,6 +76,18 @@ pub fn prepare(
         headers: visible_headers(parts.headers),
         query: first_values(query),
     })
+}
+
+/// Whether anything reads the parsed event: a schema, a body pointer or a script. A workflow
+/// that only forwards the body as received needs its syntax checked, not a tree built.
+fn uses_event(workflow: &Workflow) -> bool {
+    workflow.schema.is_some()
+        || workflow.script.is_some()
+        || workflow
+            .mapping
+            .rules()
+            .iter()
+            .any(|rule| matches!(rule.source, crate::mapping::Source::Body(_)))
 }
 
 /// Runs the workflow's script, or, for a workflow without one, returns the mapped variables.
@@ -101,6 +118,10 @@ fn into_gateway_error(failure: ScriptFailure, workflow: &Workflow, run_id: &str)
         ScriptFailure::TimedOut => GatewayError::ScriptTimeout("ran past its time limit"),
         ScriptFailure::BudgetExhausted => {
             GatewayError::ScriptTimeout("ran out of its operation budget")
+        }
+        ScriptFailure::MemoryExceeded => {
+            tracing::warn!(workflow.id = %workflow.id, run.id = run_id, "script exceeded its memory limit");
+            GatewayError::ScriptError
         }
         ScriptFailure::Runtime(detail) => {
             // The detail stays in the log: it can quote script source and payload values.

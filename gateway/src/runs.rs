@@ -46,6 +46,8 @@ pub enum RunState {
 pub struct RunError {
     pub code: &'static str,
     pub message: String,
+    /// The status a synchronous caller would have received.
+    pub status: u16,
 }
 
 /// One try at delivering a run to its backend.
@@ -255,6 +257,7 @@ fn finish(record: &mut RunRecord, outcome: Result<Value, GatewayError>) {
             record.error = Some(RunError {
                 code: error.code(),
                 message: error.to_string(),
+                status: error.status(),
             });
         }
     }

@@ -16,11 +16,22 @@ use std::time::{Duration, Instant};
 /// Variable names a workflow may not use, because the scope already holds them.
 pub const RESERVED_NAMES: [&str; 4] = ["event", "headers", "query", "vars"];
 
-thread_local! {
-    /// Deadline of the run on this thread. Runs are synchronous Rhai evaluations, so the
-    /// thread that set it is the thread whose progress callback reads it.
-    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+/// The limits of the run going on on this thread. Runs are synchronous Rhai evaluations, so
+/// the thread that sets them is the thread whose progress callback reads them.
+#[derive(Clone, Copy)]
+struct RunLimits {
+    deadline: Instant,
+    /// Heap bytes this thread had allocated when the run began.
+    memory_baseline: isize,
+    max_memory_bytes: isize,
 }
+
+thread_local! {
+    static RUN_LIMITS: Cell<Option<RunLimits>> = const { Cell::new(None) };
+}
+
+const TIMEOUT_TOKEN: &str = "timeout";
+const MEMORY_TOKEN: &str = "memory";
 
 /// A script ready to run.
 pub struct CompiledScript {
@@ -52,6 +63,8 @@ pub enum ScriptFailure {
     TimedOut,
     /// The operation budget ran out.
     BudgetExhausted,
+    /// The run allocated more than the sandbox's memory limit.
+    MemoryExceeded,
     /// Any other error: a bug in the script, or a sandbox limit other than time.
     Runtime(String),
 }
@@ -66,6 +79,7 @@ struct Rejection {
 /// The engine shared by every workflow, configured once with the sandbox limits.
 pub struct ScriptEngine {
     engine: Engine,
+    max_memory_bytes: usize,
 }
 
 impl ScriptEngine {
@@ -81,13 +95,16 @@ impl ScriptEngine {
             .set_max_variables(1_000)
             .set_max_functions(256);
         engine.disable_symbol("eval");
-        engine.on_progress(past_deadline);
+        engine.on_progress(check_limits);
         engine.on_print(|text| tracing::info!(script.output = text, "script printed"));
         engine.on_debug(|text, _, position| {
             tracing::debug!(script.output = text, script.position = %position, "script debug")
         });
         engine.register_fn("reject", reject);
-        Self { engine }
+        Self {
+            engine,
+            max_memory_bytes: limits.max_memory_bytes,
+        }
     }
 
     /// Compiles the script at `path`; an error names the file, line and column.
@@ -120,7 +137,11 @@ impl ScriptEngine {
         input: &ScriptInput<'_>,
     ) -> Result<Value, ScriptFailure> {
         let mut scope = build_scope(input);
-        let _deadline = DeadlineGuard::set(Instant::now() + script.timeout);
+        let _limits = LimitsGuard::set(RunLimits {
+            deadline: Instant::now() + script.timeout,
+            memory_baseline: crate::memory::thread_net_allocated(),
+            max_memory_bytes: isize::try_from(self.max_memory_bytes).unwrap_or(isize::MAX),
+        });
 
         self.engine
             .eval_ast_with_scope::<Dynamic>(&mut scope, &script.ast)
@@ -147,30 +168,35 @@ fn build_scope(input: &ScriptInput<'_>) -> Scope<'static> {
     scope
 }
 
-/// Clears the thread's deadline when the run ends, however it ends.
-struct DeadlineGuard;
+/// Clears the thread's run limits when the run ends, however it ends.
+struct LimitsGuard;
 
-impl DeadlineGuard {
-    fn set(deadline: Instant) -> Self {
-        DEADLINE.with(|cell| cell.set(Some(deadline)));
+impl LimitsGuard {
+    fn set(limits: RunLimits) -> Self {
+        RUN_LIMITS.with(|cell| cell.set(Some(limits)));
         Self
     }
 }
 
-impl Drop for DeadlineGuard {
+impl Drop for LimitsGuard {
     fn drop(&mut self) {
-        DEADLINE.with(|cell| cell.set(None));
+        RUN_LIMITS.with(|cell| cell.set(None));
     }
 }
 
-/// Progress callback: stops the script once the deadline has passed. The clock is read every
-/// 256 operations so that timing costs little.
-fn past_deadline(operations: u64) -> Option<Dynamic> {
-    if operations % 256 != 0 {
-        return None;
+/// Progress callback, run after every operation: stops the script once it holds more memory
+/// than allowed (a thread-local read), or, checked every 256 operations to keep timing cheap,
+/// once its deadline has passed.
+fn check_limits(operations: u64) -> Option<Dynamic> {
+    let limits = RUN_LIMITS.with(Cell::get)?;
+    let held = crate::memory::thread_net_allocated().wrapping_sub(limits.memory_baseline);
+    if held > limits.max_memory_bytes {
+        return Some(Dynamic::from(MEMORY_TOKEN));
     }
-    let deadline = DEADLINE.with(Cell::get)?;
-    (Instant::now() >= deadline).then(|| Dynamic::from("timeout"))
+    if operations % 256 == 0 && Instant::now() >= limits.deadline {
+        return Some(Dynamic::from(TIMEOUT_TOKEN));
+    }
+    None
 }
 
 fn reject(status: rhai::INT, message: ImmutableString) -> Result<Dynamic, Box<EvalAltResult>> {
@@ -178,7 +204,8 @@ fn reject(status: rhai::INT, message: ImmutableString) -> Result<Dynamic, Box<Ev
         status: u16::try_from(status).unwrap_or(0),
         message: message.to_string(),
     };
-    Err(Box::new(EvalAltResult::ErrorRuntime(
+    // A termination, unlike a runtime error, cannot be caught by the script's own try/catch.
+    Err(Box::new(EvalAltResult::ErrorTerminated(
         Dynamic::from(rejection),
         rhai::Position::NONE,
     )))
@@ -186,23 +213,32 @@ fn reject(status: rhai::INT, message: ImmutableString) -> Result<Dynamic, Box<Ev
 
 fn classify(error: &EvalAltResult) -> ScriptFailure {
     match error.unwrap_inner() {
-        EvalAltResult::ErrorRuntime(value, _) if value.is::<Rejection>() => {
-            let rejection = value.clone().cast::<Rejection>();
-            if (400..500).contains(&rejection.status) {
-                ScriptFailure::Rejected {
-                    status: rejection.status,
-                    message: rejection.message,
-                }
-            } else {
-                ScriptFailure::Runtime(format!(
-                    "reject() needs a 4xx status, got {}",
-                    rejection.status
-                ))
-            }
+        EvalAltResult::ErrorTerminated(token, _) if token.is::<Rejection>() => {
+            rejection(token.clone().cast::<Rejection>())
+        }
+        EvalAltResult::ErrorTerminated(token, _) if token.to_string() == MEMORY_TOKEN => {
+            ScriptFailure::MemoryExceeded
         }
         EvalAltResult::ErrorTerminated(..) => ScriptFailure::TimedOut,
         EvalAltResult::ErrorTooManyOperations(..) => ScriptFailure::BudgetExhausted,
         _ => ScriptFailure::Runtime(error.to_string()),
+    }
+}
+
+/// Statuses whose meaning requires headers a script cannot set (RFC 9110 §15.5).
+const NEEDS_HEADERS: [u16; 2] = [405, 407];
+
+fn rejection(rejection: Rejection) -> ScriptFailure {
+    if (400..500).contains(&rejection.status) && !NEEDS_HEADERS.contains(&rejection.status) {
+        ScriptFailure::Rejected {
+            status: rejection.status,
+            message: rejection.message,
+        }
+    } else {
+        ScriptFailure::Runtime(format!(
+            "reject() needs a 4xx status other than 405 and 407, got {}",
+            rejection.status
+        ))
     }
 }
 
@@ -231,11 +267,11 @@ fn number_to_dynamic(number: &Number) -> Dynamic {
     if let Some(int) = number.as_i64() {
         return Dynamic::from_int(int);
     }
-    let text = number.to_string();
-    if text.contains(['.', 'e', 'E']) {
-        Dynamic::from_float(number.as_f64().unwrap_or(f64::NAN))
-    } else {
-        Dynamic::from(text)
+    // A float beyond f64's range would become infinity and break every comparison in the
+    // script; like an oversized integer, it arrives as the text of its digits instead.
+    match number.as_f64().filter(|float| float.is_finite()) {
+        Some(float) if number.to_string().contains(['.', 'e', 'E']) => Dynamic::from_float(float),
+        _ => Dynamic::from(number.to_string()),
     }
 }
 
@@ -287,6 +323,7 @@ mod tests {
             max_string_bytes: 1024,
             max_array_len: 100,
             max_map_len: 100,
+            max_memory_bytes: 1 << 20,
             timeout: Duration::from_millis(200),
         })
     }
@@ -368,6 +405,29 @@ mod tests {
             json!({}),
         );
         assert!(matches!(big.unwrap_err(), ScriptFailure::Runtime(_)));
+    }
+
+    #[test]
+    fn reject_cannot_be_caught_by_the_script() {
+        let source = r#"try { reject(409, "dup") } catch (e) { 1 }"#;
+        let result = run_source(&engine(10_000), source, json!({}));
+        assert!(matches!(
+            result.unwrap_err(),
+            ScriptFailure::Rejected { status: 409, .. }
+        ));
+        let needs_header = run_source(&engine(10_000), r#"reject(405, "x")"#, json!({}));
+        assert!(matches!(
+            needs_header.unwrap_err(),
+            ScriptFailure::Runtime(_)
+        ));
+    }
+
+    #[test]
+    fn floats_beyond_f64_reach_scripts_as_text() {
+        let huge: Value = serde_json::from_str("1e400").unwrap();
+        assert_eq!(json_to_dynamic(&huge).to_string(), "1e+400");
+        let small: Value = serde_json::from_str("2.5").unwrap();
+        assert_eq!(json_to_dynamic(&small).as_float().unwrap(), 2.5);
     }
 
     #[test]

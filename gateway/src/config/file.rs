@@ -44,6 +44,8 @@ pub struct ServerFile {
     pub idle_timeout_seconds: u64,
     /// How long one read of the request body may wait before the request fails with 408.
     pub body_read_timeout_ms: u64,
+    /// How long the whole request body may take to arrive before the request fails with 408.
+    pub body_total_timeout_ms: u64,
 }
 
 impl Default for ServerFile {
@@ -54,6 +56,7 @@ impl Default for ServerFile {
             threads: 2,
             idle_timeout_seconds: 60,
             body_read_timeout_ms: 10_000,
+            body_total_timeout_ms: 60_000,
         }
     }
 }
@@ -128,6 +131,8 @@ pub struct SandboxFile {
     pub max_array_len: usize,
     /// Largest object map a script may build.
     pub max_map_len: usize,
+    /// Heap memory one run may hold, in bytes.
+    pub max_memory_bytes: usize,
     /// Wall-clock time one run may take; a workflow may lower or raise it.
     pub timeout_ms: u64,
 }
@@ -140,6 +145,7 @@ impl Default for SandboxFile {
             max_string_bytes: 1024 * 1024,
             max_array_len: 100_000,
             max_map_len: 10_000,
+            max_memory_bytes: 64 * 1024 * 1024,
             timeout_ms: 1_000,
         }
     }

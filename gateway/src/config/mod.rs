@@ -58,6 +58,7 @@ pub struct ServerSettings {
     pub threads: usize,
     pub idle_timeout: Duration,
     pub body_read_timeout: Duration,
+    pub body_total_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -88,6 +89,7 @@ pub struct SandboxLimits {
     pub max_string_bytes: usize,
     pub max_array_len: usize,
     pub max_map_len: usize,
+    pub max_memory_bytes: usize,
     pub timeout: Duration,
 }
 
@@ -276,13 +278,11 @@ pub(crate) fn read_yaml<T: DeserializeOwned>(
         }
     };
 
-    let expanded = env::expand(&text, |name| std::env::var(name).ok())
-        .map_err(|lines| {
-            for (line, message) in lines {
-                problems.add(format!("line {line}"), message);
-            }
-        })
-        .ok()?;
+    // Problems with placeholders are reported, and parsing goes on to find the others.
+    let (expanded, placeholder_problems) = env::expand(&text, |name| std::env::var(name).ok());
+    for (line, message) in placeholder_problems {
+        problems.add(format!("line {line}"), message);
+    }
 
     serde_yaml_ng::from_str(&expanded)
         .map_err(|error| {
@@ -290,7 +290,13 @@ pub(crate) fn read_yaml<T: DeserializeOwned>(
                 .location()
                 .map(|at| format!("line {} column {}", at.line(), at.column()))
                 .unwrap_or_default();
-            problems.add(location, error.to_string());
+            let message = error.to_string();
+            // The parser repeats the location at the end of its message.
+            let message = message
+                .strip_suffix(&format!(" at {location}"))
+                .unwrap_or(&message)
+                .to_string();
+            problems.add(location, message);
         })
         .ok()
 }

@@ -89,6 +89,7 @@ fn server(file: &GatewayFile, problems: &mut Problems<'_>) -> ServerSettings {
         threads: server.threads.clamp(1, 256),
         idle_timeout: Duration::from_secs(server.idle_timeout_seconds),
         body_read_timeout: Duration::from_millis(server.body_read_timeout_ms),
+        body_total_timeout: Duration::from_millis(server.body_total_timeout_ms),
     }
 }
 
@@ -152,6 +153,11 @@ fn sandbox(file: &GatewayFile, problems: &mut Problems<'_>) -> SandboxLimits {
         1..=10_000_000,
     );
     problems.in_range("scripts.max_map_len", scripts.max_map_len, 1..=10_000_000);
+    problems.in_range(
+        "scripts.max_memory_bytes",
+        scripts.max_memory_bytes,
+        1024 * 1024..=4096 * 1024 * 1024,
+    );
     problems.in_range("scripts.timeout_ms", scripts.timeout_ms, 1..=60_000);
     SandboxLimits {
         max_operations: scripts.max_operations,
@@ -159,6 +165,7 @@ fn sandbox(file: &GatewayFile, problems: &mut Problems<'_>) -> SandboxLimits {
         max_string_bytes: scripts.max_string_bytes,
         max_array_len: scripts.max_array_len,
         max_map_len: scripts.max_map_len,
+        max_memory_bytes: scripts.max_memory_bytes,
         timeout: Duration::from_millis(scripts.timeout_ms),
     }
 }

@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Load benchmark: webhook-gateway against nginx on the same machine, same load.
+#
+#   bench/run.sh                 # all scenarios, 8 s each
+#   DURATION=15 bench/run.sh     # longer runs
+#
+# Scenarios (each the same 1 KB JSON POST with keep-alive, wrk: 1 thread, 32 connections):
+#   inline   gateway: API key + JSON Schema + 6-variable mapping + small script, result returned
+#            nginx:   `return 200` with a fixed JSON body
+#   forward  gateway: API key, body forwarded unchanged to a backend nginx, its answer relayed
+#            nginx:   `proxy_pass` to the same backend with an upstream keep-alive pool
+#
+# wrk runs on CPU 0; the server under test and the backend nginx share CPU 1, one worker each.
+# Prints req/s and p99 side by side with the gateway/nginx ratio. Installs nginx and wrk
+# with apt-get when they are missing. Everything listens on 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-8}
+CONNECTIONS=${CONNECTIONS:-32}
+LOAD_CPU=${LOAD_CPU:-0}
+SERVER_CPU=${SERVER_CPU:-1}
+
+need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+if ! need nginx || ! need wrk; then
+  echo "bench: installing nginx and wrk" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >&2
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+.ci/prereqs
+cargo build --release -q
+GATEWAY=$PWD/target/release/webhook-gateway
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 200); do
+    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "bench: nothing listens on port $1" >&2
+  exit 1
+}
+
+BACKEND_PORT=$(free_port)
+NGINX_PORT=$(free_port)
+GATEWAY_PORT=$(free_port)
+KEY=bench-key-0123456789
+
+# The 1 KB event: an order with 12 items.
+python3 - "$WORK/body.json" <<'EOF'
+import json, sys
+items = [{"sku": f"SKU-{i:04d}", "name": f"Item number {i}", "quantity": i % 3 + 1, "unit_price": 9.5 + i}
+         for i in range(12)]
+event = {"id": "ord_77001", "customer": {"email": "bench@example.com", "name": "Bench"},
+         "currency": "EUR", "channel": "web", "items": items}
+open(sys.argv[1], "w").write(json.dumps(event))
+EOF
+BODY_BYTES=$(wc -c <"$WORK/body.json")
+
+cat >"$WORK/post.lua" <<EOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-API-Key"] = "$KEY"
+local file = io.open("$WORK/body.json", "rb")
+wrk.body = file:read("*a")
+file:close()
+EOF
+
+nginx_conf() { # name port body-of-server-block
+  mkdir -p "$WORK/$1/logs"
+  cat >"$WORK/$1/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/$1/body;
+  proxy_temp_path $WORK/$1/proxy;
+  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:$2 reuseport;
+    client_max_body_size 2m;
+    $3
+  }
+}
+EOF
+}
+
+start_pinned() { # name command...
+  local name=$1; shift
+  taskset -c "$SERVER_CPU" "$@" >"$WORK/$name.out" 2>&1 &
+  PIDS+=($!)
+}
+
+nginx_conf backend "$BACKEND_PORT" 'location / { default_type application/json; return 200 "{\"ok\":true}"; }'
+nginx_conf reference "$NGINX_PORT" '
+    location /inline { default_type application/json; return 200 "{\"order_id\":\"ord_77001\",\"priority\":\"high\"}"; }
+    location /forward { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+start_pinned backend "$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf"
+start_pinned reference "$NGINX" -p "$WORK/reference" -c "$WORK/reference/nginx.conf"
+
+mkdir -p "$WORK/gateway/workflows" "$WORK/gateway/scripts" "$WORK/gateway/state"
+cat >"$WORK/gateway/gateway.yaml" <<EOF
+server:
+  threads: 1
+paths:
+  state: $WORK/gateway/state
+api_keys:
+  - name: bench
+    key: "$KEY"
+backends:
+  backend:
+    addresses: ["http://127.0.0.1:$BACKEND_PORT"]
+EOF
+cat >"$WORK/gateway/workflows/inline.yaml" <<'EOF'
+id: inline
+schema:
+  type: object
+  required: [id, customer, items]
+  properties:
+    id: { type: string }
+    customer: { type: object, required: [email] }
+    items: { type: array, items: { type: object, required: [sku, quantity, unit_price] } }
+mapping:
+  order_id: { pointer: /id, type: string, required: true }
+  email: { pointer: /customer/email, type: string, required: true }
+  items: { pointer: /items, required: true }
+  currency: { pointer: /currency, type: string, default: EUR }
+  channel: { pointer: /channel, type: string, default: web }
+  first_sku: { pointer: /items/0/sku, type: string }
+script: inline.rhai
+EOF
+cat >"$WORK/gateway/scripts/inline.rhai" <<'EOF'
+let total = 0.0;
+for item in items { total += item.quantity * item.unit_price; }
+#{ order_id: order_id, priority: if total > 100.0 { "high" } else { "low" } }
+EOF
+cat >"$WORK/gateway/workflows/forward.yaml" <<'EOF'
+id: forward
+forward:
+  backend: backend
+  path: /tickets
+  body: original
+EOF
+start_pinned gateway "$GATEWAY" run --config "$WORK/gateway/gateway.yaml" --listen "127.0.0.1:$GATEWAY_PORT"
+
+for port in "$BACKEND_PORT" "$NGINX_PORT" "$GATEWAY_PORT"; do wait_port "$port"; done
+url_of() {
+  "$GATEWAY" urls --json --config "$WORK/gateway/gateway.yaml" |
+    python3 -c "import json,sys; print([w['url'] for w in json.load(sys.stdin) if w['id']=='$1'][0])" |
+    sed -E "s#^https?://[^/]+#http://127.0.0.1:$GATEWAY_PORT#"
+}
+INLINE_URL=$(url_of inline)
+FORWARD_URL=$(url_of forward)
+
+# Fail early, with the answer, if a target does not answer 200.
+for url in "$INLINE_URL" "$FORWARD_URL" "http://127.0.0.1:$NGINX_PORT/inline" "http://127.0.0.1:$NGINX_PORT/forward"; do
+  status=$(curl -s -o "$WORK/check.out" -w '%{http_code}' -H "X-API-Key: $KEY" -H 'Content-Type: application/json' \
+    --data-binary @"$WORK/body.json" "$url")
+  if [ "$status" != 200 ]; then
+    echo "bench: $url answered $status: $(cat "$WORK/check.out")" >&2
+    exit 1
+  fi
+done
+
+# Runs wrk and prints "requests-per-second p99-in-ms".
+measure() {
+  local out
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$1")
+  if echo "$out" | grep -q "Non-2xx"; then
+    echo "bench: non-2xx answers from $1" >&2
+    echo "$out" >&2
+    exit 1
+  fi
+  local rps p99
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  echo "$rps $(to_ms "$p99")"
+}
+to_ms() { # wrk prints 1.23ms, 456.00us or 1.02s
+  python3 -c "
+v='$1'
+for unit, scale in (('us', 0.001), ('ms', 1.0), ('s', 1000.0)):
+    if v.endswith(unit):
+        print(round(float(v[:-len(unit)]) * scale, 2)); break"
+}
+
+echo "webhook-gateway vs nginx: ${DURATION}s per run, ${CONNECTIONS} connections, ${BODY_BYTES}-byte JSON POST"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+printf '%-9s %14s %10s %14s %10s %12s\n' scenario gateway_rps p99_ms nginx_rps p99_ms rps_ratio
+for scenario in inline forward; do
+  if [ "$scenario" = inline ]; then gateway_url=$INLINE_URL; else gateway_url=$FORWARD_URL; fi
+  read -r g_rps g_p99 < <(measure "$gateway_url")
+  read -r n_rps n_p99 < <(measure "http://127.0.0.1:$NGINX_PORT/$scenario")
+  ratio=$(python3 -c "print(round($g_rps / $n_rps, 2))")
+  printf '%-9s %14s %10s %14s %10s %12s\n' "$scenario" "$g_rps" "$g_p99" "$n_rps" "$n_p99" "$ratio"
+done
