@@ -7,7 +7,7 @@ use crate::config::{Limits, Workflow};
 use crate::error::GatewayError;
 use crate::mapping::MappingInput;
 use crate::payload;
-use crate::script::{ScriptEngine, ScriptFailure, ScriptInput};
+use crate::script::{ScriptEngine, ScriptFailure, ScriptInput, Timing};
 use http::HeaderMap;
 use serde_json::{Map, Value};
 
@@ -90,15 +90,29 @@ fn uses_event(workflow: &Workflow) -> bool {
             .any(|rule| matches!(rule.source, crate::mapping::Source::Body(_)))
 }
 
-/// Runs the workflow's script, or, for a workflow without one, returns the mapped variables.
+/// Runs the workflow's script to its end, or, for a workflow without one, returns the mapped
+/// variables.
 pub fn execute(
     engine: &ScriptEngine,
     workflow: &Workflow,
     prepared: &Prepared,
     run_id: &str,
 ) -> Result<Value, GatewayError> {
+    let outcome = execute_timed(engine, workflow, prepared, run_id, Timing::whole())?;
+    outcome.ok_or(GatewayError::Internal)
+}
+
+/// Like [`execute`], with the script's clock and inline slice given (see [`Timing`]):
+/// `Ok(None)` when the script used up its slice and must be run again elsewhere.
+pub fn execute_timed(
+    engine: &ScriptEngine,
+    workflow: &Workflow,
+    prepared: &Prepared,
+    run_id: &str,
+    timing: Timing,
+) -> Result<Option<Value>, GatewayError> {
     let Some(script) = &workflow.script else {
-        return Ok(Value::Object(prepared.variables.clone()));
+        return Ok(Some(Value::Object(prepared.variables.clone())));
     };
 
     let input = ScriptInput {
@@ -107,9 +121,11 @@ pub fn execute(
         headers: &prepared.headers,
         query: &prepared.query,
     };
-    engine
-        .run(script, &input)
-        .map_err(|failure| into_gateway_error(failure, workflow, run_id))
+    match engine.run(script, &input, timing) {
+        Ok(value) => Ok(Some(value)),
+        Err(ScriptFailure::Yielded) => Ok(None),
+        Err(failure) => Err(into_gateway_error(failure, workflow, run_id)),
+    }
 }
 
 fn into_gateway_error(failure: ScriptFailure, workflow: &Workflow, run_id: &str) -> GatewayError {
@@ -119,6 +135,8 @@ fn into_gateway_error(failure: ScriptFailure, workflow: &Workflow, run_id: &str)
         ScriptFailure::BudgetExhausted => {
             GatewayError::ScriptTimeout("ran out of its operation budget")
         }
+        // Only runs given a slice yield, and `execute_timed` handles those itself.
+        ScriptFailure::Yielded => GatewayError::Internal,
         ScriptFailure::MemoryExceeded => {
             tracing::warn!(workflow.id = %workflow.id, run.id = run_id, "script exceeded its memory limit");
             GatewayError::ScriptError
