@@ -222,25 +222,15 @@ fn build_scope(input: &ScriptInput<'_>, uses: ScopeUses) -> Scope<'static> {
 
     // Names the script does not mention are still defined, as `()`, so that the scope looks
     // the same to every script.
-    let vars = match uses.vars {
-        true => map_to_dynamic(input.variables),
-        false => Dynamic::UNIT,
-    };
+    let only_if =
+        |used: bool, convert: &dyn Fn() -> Dynamic| if used { convert() } else { Dynamic::UNIT };
+    let vars = only_if(uses.vars, &|| map_to_dynamic(input.variables));
+    let event = only_if(uses.event, &|| json_to_dynamic(input.event));
+    let headers = only_if(uses.headers, &|| map_to_dynamic(input.headers));
+    let query = only_if(uses.query, &|| map_to_dynamic(input.query));
     scope.push_constant_dynamic("vars", vars);
-    let event = match uses.event {
-        true => json_to_dynamic(input.event),
-        false => Dynamic::UNIT,
-    };
     scope.push_constant_dynamic("event", event);
-    let headers = match uses.headers {
-        true => map_to_dynamic(input.headers),
-        false => Dynamic::UNIT,
-    };
     scope.push_constant_dynamic("headers", headers);
-    let query = match uses.query {
-        true => map_to_dynamic(input.query),
-        false => Dynamic::UNIT,
-    };
     scope.push_constant_dynamic("query", query);
     scope
 }
