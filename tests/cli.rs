@@ -31,6 +31,7 @@ fn check_reports_every_problem_with_file_and_location() {
         ("workflows/c.yaml", "id: c\nunknown_field: 1\n"),
         ("workflows/d.yaml", "id: dup\n"),
         ("workflows/e.yaml", "id: dup\n"),
+        ("workflows/f.yaml", "id: f\nmapping:\n  a: { pointer: /a }\n  a: { pointer: /b }\n"),
     ]);
     assert!(!ok, "{text}");
     for expected in [
@@ -43,6 +44,7 @@ fn check_reports_every_problem_with_file_and_location() {
         "b.yaml: schema",
         "c.yaml: line 2 column 1",
         "e.yaml: id: \"dup\" is also the id of",
+        "\"a\" is given twice",
     ] {
         assert!(
             text.contains(expected),

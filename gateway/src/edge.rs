@@ -430,6 +430,12 @@ impl ProxyHttp for Edge {
         ))
     }
 
+    /// A client that hangs up or sends garbage is the client's doing: the request's own log
+    /// line records it (`io.error`) without an error-level entry from Pingora.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
+        matches!(error.esource(), pingora::ErrorSource::Downstream)
+    }
+
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {
         let client = session
             .client_addr()

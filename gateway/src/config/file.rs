@@ -3,7 +3,40 @@
 //! Nothing outside `config` uses these types; `config::load` validates them into the model.
 
 use indexmap::IndexMap;
+use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
 use serde::Deserialize;
+use std::marker::PhantomData;
+
+/// Reads a YAML mapping into an ordered map, refusing a key given twice: YAML parsers keep
+/// the last one silently, which would hide half of what the author wrote.
+fn unique_keys<'de, D, V>(deserializer: D) -> Result<IndexMap<String, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct UniqueKeys<V>(PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> Visitor<'de> for UniqueKeys<V> {
+        type Value = IndexMap<String, V>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a mapping")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Self::Value, A::Error> {
+            let mut map = IndexMap::new();
+            while let Some((key, value)) = entries.next_entry::<String, V>()? {
+                if map.contains_key(&key) {
+                    return Err(A::Error::custom(format!("{key:?} is given twice")));
+                }
+                map.insert(key, value);
+            }
+            Ok(map)
+        }
+    }
+
+    deserializer.deserialize_map(UniqueKeys(PhantomData))
+}
 
 /// `gateway.yaml`.
 #[derive(Debug, Default, Deserialize)]
@@ -27,7 +60,7 @@ pub struct GatewayFile {
     #[serde(default)]
     pub api_keys: Vec<ApiKeyFile>,
     /// Backend services that workflows forward to, by name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub backends: IndexMap<String, BackendFile>,
 }
 
@@ -252,7 +285,7 @@ pub struct WorkflowFile {
     /// JSON Schema in a JSON or YAML file, relative to the workflow file.
     pub schema_file: Option<String>,
     /// Variable name → where its value comes from. Order is kept.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub mapping: IndexMap<String, MappingRuleFile>,
     /// Rhai script in the scripts folder. Without one, the result is the mapped variables.
     pub script: Option<String>,
@@ -298,6 +331,7 @@ pub struct ForwardHeadersFile {
     /// Caller headers passed on unchanged. Credentials and signatures are never passed.
     pub pass: Vec<String>,
     /// Headers added to every forwarded request.
+    #[serde(deserialize_with = "unique_keys")]
     pub add: IndexMap<String, String>,
 }
 
