@@ -347,3 +347,184 @@ fn shipped_support_ticket_workflow_forwards_to_its_backend() {
         json!({ "subject": "VPN down", "description": "since 9am", "requester_email": "ada@example.com", "priority": "high" })
     );
 }
+
+/// A TLS backend: Python's HTTP server with a certificate for 127.0.0.1 signed by an authority
+/// made for the test, which the gateway trusts through `SSL_CERT_FILE`.
+struct TlsBackend {
+    child: std::process::Child,
+    port: u16,
+    /// The test authority's certificate, for the gateway to trust.
+    authority: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsBackend {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        let (authority, certificate, key) = (path("ca.pem"), path("cert.pem"), path("key.pem"));
+        std::fs::write(
+            path("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        // A test authority, and a certificate for 127.0.0.1 that it signs.
+        let steps: [Vec<String>; 3] = [
+            [
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=test-ca",
+                "-keyout",
+                &path("ca.key"),
+                "-out",
+                &authority,
+            ]
+            .map(String::from)
+            .to_vec(),
+            [
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                &key,
+                "-out",
+                &path("leaf.csr"),
+            ]
+            .map(String::from)
+            .to_vec(),
+            [
+                "x509",
+                "-req",
+                "-in",
+                &path("leaf.csr"),
+                "-CA",
+                &authority,
+                "-CAkey",
+                &path("ca.key"),
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &path("leaf.ext"),
+                "-out",
+                &certificate,
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for step in steps {
+            let made = std::process::Command::new("openssl")
+                .args(&step)
+                .output()
+                .expect("openssl is installed by .ci/prereqs");
+            assert!(
+                made.status.success(),
+                "{}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        }
+        let certificate = std::path::PathBuf::from(certificate);
+        let authority = std::path::PathBuf::from(authority);
+
+        let server = r#"
+import http.server, ssl, sys
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_PUT = do_POST
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(server)
+            .arg(&certificate)
+            .arg(&key)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 is installed by .ci/prereqs");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .expect("the backend prints its port once it listens");
+        Self {
+            child,
+            port,
+            authority,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn https_backend_is_reached_with_a_verified_certificate() {
+    let backend = TlsBackend::start();
+    let config = config(
+        &[("svc", vec![format!("https://127.0.0.1:{}", backend.port)])],
+        "",
+    );
+    let files = [
+        ("gateway.yaml", config.as_str()),
+        ("workflows/tickets.yaml", TICKETS),
+    ];
+
+    let trusted = Start::custom(&files)
+        .env("SSL_CERT_FILE", backend.authority.to_str().unwrap())
+        .run();
+    let response = trusted.post_json(&trusted.path("tickets"), r#"{"subject":"over tls"}"#);
+    assert_eq!(
+        response.status,
+        200,
+        "{}\n{}",
+        response.text(),
+        trusted.log()
+    );
+    assert_eq!(
+        response.json(),
+        json!({ "subject": "over tls", "team": "first line" })
+    );
+
+    // Without the certificate trusted, the gateway refuses to talk to the backend.
+    let untrusted = Start::custom(&files)
+        .env("SSL_CERT_FILE", "/nonexistent")
+        .run();
+    let refused = untrusted.post_json(&untrusted.path("tickets"), r#"{"subject":"x"}"#);
+    assert!(matches!(refused.status, 502 | 503), "{}", refused.text());
+    assert_eq!(refused.error_code(), "backend_unavailable");
+}

@@ -117,7 +117,8 @@ fn health_check(settings: &BackendSettings) -> Box<dyn HealthCheck + Send + Sync
     let first = &settings.addresses[0];
     match &settings.health_path {
         Some(path) => {
-            let mut check = HttpHealthCheck::new(&first.authority, first.tls);
+            // The name given here is also the TLS server name, so it must not carry the port.
+            let mut check = HttpHealthCheck::new(&first.host, first.tls);
             if let Ok(mut request) = RequestHeader::build("GET", path.as_bytes(), None) {
                 let _ = request.insert_header("host", first.authority.as_str());
                 check.req = request;
