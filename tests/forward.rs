@@ -231,7 +231,8 @@ fn retry_after_is_honoured_and_other_4xx_are_not_retried() {
     let record = gateway.wait_for_run(refused["run_id"].as_str().unwrap());
     assert_eq!(record["state"], "failed");
     assert_eq!(record["attempts"].as_array().unwrap().len(), 1, "{record}");
-    assert_eq!(record["error"]["code"], "backend_unavailable");
+    assert_eq!(record["error"]["code"], "backend_rejected");
+    assert_eq!(record["error"]["status"], 422);
 }
 
 #[test]
@@ -527,4 +528,49 @@ fn https_backend_is_reached_with_a_verified_certificate() {
     let refused = untrusted.post_json(&untrusted.path("tickets"), r#"{"subject":"x"}"#);
     assert!(matches!(refused.status, 502 | 503), "{}", refused.text());
     assert_eq!(refused.error_code(), "backend_unavailable");
+}
+
+#[test]
+fn interim_answers_are_skipped_and_the_final_one_relayed() {
+    let backend =
+        Backend::start(|_, _| Reply::AfterInterim(Box::new(Reply::json(201, r#"{"final":true}"#))));
+    let gateway = gateway_for(&backend);
+    let response = gateway.post_json(&gateway.path("scripted"), r#"{"n": 1}"#);
+    assert_eq!(response.status, 201, "{}", response.text());
+    assert_eq!(response.json(), json!({ "final": true }));
+
+    let accepted = gateway.post_json(&gateway.path("later"), "{}").json();
+    let record = gateway.wait_for_run(accepted["run_id"].as_str().unwrap());
+    assert_eq!(record["state"], "succeeded", "{record}");
+    assert_eq!(record["result"]["status"], 201);
+}
+
+#[test]
+fn backend_slower_than_its_read_timeout_is_504_and_an_accepted_run_retries() {
+    // read_timeout_ms is 800 in this configuration; a hung answer is cut there.
+    let backend = Backend::start(|request, before| match (request.path.as_str(), before) {
+        ("/deliveries", 0) | ("/computed", _) => Reply::Hang,
+        _ => Reply::json(200, r#"{"late":false}"#),
+    });
+    let gateway = gateway_for(&backend);
+
+    let accepted = gateway.post_json(&gateway.path("later"), "{}").json();
+    let record = gateway.wait_for_run(accepted["run_id"].as_str().unwrap());
+    assert_eq!(record["state"], "succeeded", "{record}");
+    let attempts = record["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{record}");
+    assert!(
+        attempts[0]["error"].as_str().unwrap().contains("timed out"),
+        "{record}"
+    );
+
+    let started = std::time::Instant::now();
+    let response = gateway.post_json(&gateway.path("scripted"), r#"{"n": 1}"#);
+    assert_eq!(response.status, 504);
+    assert_eq!(response.error_code(), "backend_timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "read timeout, not total: {:?}",
+        started.elapsed()
+    );
 }

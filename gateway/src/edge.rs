@@ -254,7 +254,9 @@ fn relayed_header(exchange: &Exchange, ctx: &RequestContext) -> pingora::Result<
             }
         }
     }
-    if header.headers.get("content-length").is_none() {
+    // 1xx, 204 and 304 answers have no body to frame (RFC 9112 §6.3).
+    let bodiless = matches!(exchange.status(), 100..=199 | 204 | 304);
+    if header.headers.get("content-length").is_none() && !bodiless {
         header.insert_header("transfer-encoding", "chunked")?;
     }
     if let Some(run_id) = &ctx.run_id {

@@ -74,6 +74,11 @@ pub enum GatewayError {
         reason: String,
     },
 
+    /// An accepted run's backend answered with a client error, or kept failing until the
+    /// attempts ran out; `status` is its last answer.
+    #[error("backend {backend} answered {status}")]
+    BackendRejected { backend: String, status: u16 },
+
     #[error("backend {backend} did not answer in time: {reason}")]
     BackendTimeout { backend: String, reason: String },
 
@@ -113,6 +118,7 @@ impl GatewayError {
             Self::RequestTimeout => 408,
             Self::BackendUnavailable { status, .. } => *status,
             Self::BackendTimeout { .. } => 504,
+            Self::BackendRejected { status, .. } => *status,
         }
     }
 
@@ -139,6 +145,7 @@ impl GatewayError {
             Self::Internal => "internal_error",
             Self::BackendUnavailable { .. } => "backend_unavailable",
             Self::BackendTimeout { .. } => "backend_timeout",
+            Self::BackendRejected { .. } => "backend_rejected",
         }
     }
 

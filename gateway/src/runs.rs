@@ -23,6 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, Semaphore};
 
+/// Longest wait a backend's `Retry-After` can impose between two attempts.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// Most bytes of a backend's answer kept in a run record.
 const RECORDED_BODY_BYTES: usize = 64 * 1024;
 
@@ -343,9 +346,8 @@ async fn deliver(
 
         number += 1;
         let backoff = forward.retry.backoff(number);
-        let wait = retry_after.map_or(backoff, |asked| {
-            asked.clamp(backoff, forward.retry.max_backoff)
-        });
+        // A backend's Retry-After wins over the backoff schedule, up to an hour.
+        let wait = retry_after.map_or(backoff, |asked| asked.min(MAX_RETRY_AFTER).max(backoff));
         tokio::time::sleep(wait).await;
     }
 }
@@ -367,14 +369,29 @@ impl Answer {
 }
 
 fn rejected_by_backend(backend: &str, answer: &Answer) -> GatewayError {
-    GatewayError::BackendUnavailable {
+    GatewayError::BackendRejected {
         backend: backend.to_string(),
-        status: 502,
-        reason: format!("answered {}", answer.status),
+        status: answer.status,
     }
 }
 
 async fn attempt(
+    context: &Arc<RunContext>,
+    pool: &Arc<crate::forward::backends::BackendPool>,
+    request: &UpstreamRequest,
+) -> Result<Answer, ForwardError> {
+    // The whole exchange, answer body included, stays within the backend's total timeout.
+    let total = pool.settings.total_timeout;
+    match tokio::time::timeout(total, exchange_whole(context, pool, request)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(ForwardError::Timeout(format!(
+            "no whole answer within {} ms",
+            total.as_millis()
+        ))),
+    }
+}
+
+async fn exchange_whole(
     context: &Arc<RunContext>,
     pool: &Arc<crate::forward::backends::BackendPool>,
     request: &UpstreamRequest,

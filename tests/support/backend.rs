@@ -36,6 +36,8 @@ pub enum Reply {
     Chunked(u16, Vec<u8>, usize),
     /// Read the request and never answer.
     Hang,
+    /// An interim `100 Continue` and `103 Early Hints`, then the reply.
+    AfterInterim(Box<Reply>),
 }
 
 impl Reply {
@@ -234,6 +236,12 @@ fn write_reply(writer: &mut TcpStream, reply: Reply) -> std::io::Result<()> {
                 writer.write_all(b"\r\n")?;
             }
             writer.write_all(b"0\r\n\r\n")
+        }
+        Reply::AfterInterim(reply) => {
+            writer.write_all(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n",
+            )?;
+            write_reply(writer, *reply)
         }
         Reply::Hang => {
             std::thread::sleep(Duration::from_secs(60));

@@ -288,10 +288,10 @@ fn backend_settings(
         100..=3_600_000,
     );
     if let Some(path) = &file.health_check.path {
-        if !path.starts_with('/') {
+        if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
             problems.add(
                 format!("{location}.health_check.path"),
-                format!("{path:?} must start with '/'"),
+                format!("{path:?} must be a percent-encoded path starting with '/'"),
             );
         }
     }

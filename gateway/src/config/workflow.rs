@@ -7,7 +7,7 @@ use super::file::{
 use super::settings::GatewaySettings;
 use super::{read_yaml, ConfigError, Problems, ResponseMode, Workflow, MAX_BODY_LIMIT_BYTES};
 use crate::auth::KeyPolicy;
-use crate::forward::{Forward, ForwardBody, PathTemplate, RetryPolicy, NEVER_FORWARDED};
+use crate::forward::{refusal, Forward, ForwardBody, PathTemplate, RetryPolicy};
 use crate::mapping::{coerce, Mapping, Pointer, Rule, Source, ValueType};
 use crate::schema::Schema;
 use crate::script::{CompiledScript, ScriptEngine, RESERVED_NAMES};
@@ -390,6 +390,16 @@ fn forward_settings(
             );
         }
     }
+    let sample = path.render(&serde_json::Map::new());
+    if sample.contains('#') || sample.parse::<http::uri::PathAndQuery>().is_err() {
+        problems.add(
+            "forward.path",
+            format!(
+                "{:?} is not a valid path and query: percent-encode spaces and non-ASCII, no '#'",
+                forward.path
+            ),
+        );
+    }
 
     let body = match (forward.body, file.script.is_some()) {
         (Some(ForwardBodyFile::Original), _) => ForwardBody::Original,
@@ -424,10 +434,10 @@ fn pass_headers(names: &[String], problems: &mut Problems<'_>) -> Vec<String> {
                 "forward.headers.pass",
                 format!("{name:?} is not a header name"),
             );
-        } else if NEVER_FORWARDED.contains(&lower.as_str()) {
+        } else if let Some(reason) = refusal(&lower) {
             problems.add(
                 "forward.headers.pass",
-                format!("{name:?} carries credentials or is hop-by-hop; it is never forwarded"),
+                format!("{name:?} {reason}; it is never passed on"),
             );
         } else {
             passed.push(lower);
@@ -442,8 +452,19 @@ fn added_headers(forward: &ForwardFile, problems: &mut Problems<'_>) -> Vec<(Str
         let lower = name.trim().to_ascii_lowercase();
         let valid_name = http::HeaderName::from_bytes(lower.as_bytes()).is_ok();
         let valid_value = http::HeaderValue::from_str(value).is_ok();
-        if !valid_name || !valid_value || NEVER_FORWARDED[12..].contains(&lower.as_str()) {
-            problems.add("forward.headers.add", format!("{name:?} cannot be added"));
+        // A workflow may add its own credentials for the backend, but not headers the gateway
+        // owns or that describe the connection.
+        let owned = refusal(&lower).filter(|_| !crate::forward::looks_secret(&lower));
+        if !valid_name || !valid_value {
+            problems.add(
+                "forward.headers.add",
+                format!("{name:?} is not a valid header"),
+            );
+        } else if let Some(reason) = owned {
+            problems.add(
+                "forward.headers.add",
+                format!("{name:?} {reason}; it cannot be added"),
+            );
         } else {
             added.push((lower, value.clone()));
         }

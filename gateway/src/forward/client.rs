@@ -15,6 +15,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Tries on pooled connections before giving up on a request that failed before any answer.
 const STALE_CONNECTION_TRIES: usize = 3;
@@ -108,8 +109,12 @@ impl Exchange {
         self.session.response_header()
     }
 
+    /// The backend's status; one outside HTTP's 100–599 is treated as a broken answer, 502.
     pub fn status(&self) -> u16 {
-        self.response_header().map_or(502, |h| h.status.as_u16())
+        self.response_header()
+            .map(|header| header.status.as_u16())
+            .filter(|status| (100..600).contains(status))
+            .unwrap_or(502)
     }
 
     /// The next piece of the answer's body; `None` at its end.
@@ -158,7 +163,7 @@ async fn start_within(
     let mut last_error = ForwardError::NoHealthyAddress;
     for _ in 0..pool.settings.addresses.len() {
         let selected = pool.select().ok_or_else(|| last_error.clone())?;
-        match send_to(connector, &selected, request).await {
+        match send_to(connector, &selected, request, pool.settings.read_timeout).await {
             Err(Failure::Connect(error)) => {
                 pool.suspend(selected.address);
                 last_error = error;
@@ -179,6 +184,7 @@ async fn send_to(
     connector: &Connector,
     selected: &Selected,
     request: &UpstreamRequest,
+    read_timeout: Duration,
 ) -> Result<Exchange, Failure> {
     let header = request_header(request, &selected.authority).map_err(Failure::Exchange)?;
     let mut last_error = None;
@@ -192,27 +198,33 @@ async fn send_to(
                     true => Failure::Connect(classify(&error)),
                     false => Failure::Exchange(classify(&error)),
                 })?;
+        session.set_read_timeout(Some(read_timeout));
+        session.set_write_timeout(Some(read_timeout));
 
-        match exchange(&mut session, header.clone(), &request.body).await {
-            Ok(()) => {
-                return Ok(Exchange {
-                    session,
-                    peer: selected.peer.clone(),
-                    address: selected.address,
-                })
-            }
-            // A pooled connection closed while idle: try another before blaming the backend.
-            Err(error) if reused && !matches!(error.etype(), ErrorType::ReadTimedout) => {
+        // A pooled connection the backend closed while idle fails as the request is written;
+        // nothing was delivered, so another connection may carry it. Once the request is out,
+        // a failure is final: the backend may have acted on it.
+        if let Err(error) = write_request(&mut session, header.clone(), &request.body).await {
+            if reused {
                 last_error = Some(classify(&error));
+                continue;
             }
-            Err(error) => return Err(Failure::Exchange(classify(&error))),
+            return Err(Failure::Exchange(classify(&error)));
         }
+        read_final_header(&mut session)
+            .await
+            .map_err(|error| Failure::Exchange(classify(&error)))?;
+        return Ok(Exchange {
+            session,
+            peer: selected.peer.clone(),
+            address: selected.address,
+        });
     }
     let error = last_error.unwrap_or_else(|| ForwardError::Unavailable("connection failed".into()));
     Err(Failure::Exchange(error))
 }
 
-async fn exchange(
+async fn write_request(
     session: &mut HttpSession,
     header: RequestHeader,
     body: &Bytes,
@@ -221,8 +233,21 @@ async fn exchange(
     if !body.is_empty() {
         session.write_request_body(body.clone(), false).await?;
     }
-    session.finish_request_body().await?;
-    session.read_response_header().await
+    session.finish_request_body().await
+}
+
+/// Reads answer headers until the final one: interim 1xx answers (100 Continue, 103 Early
+/// Hints) come before it and are not relayed (RFC 9110 §15.2).
+async fn read_final_header(session: &mut HttpSession) -> pingora::Result<()> {
+    loop {
+        session.read_response_header().await?;
+        let interim = session
+            .response_header()
+            .is_some_and(|header| header.status.is_informational());
+        if !interim {
+            return Ok(());
+        }
+    }
 }
 
 fn request_header(

@@ -14,9 +14,8 @@ use client::UpstreamRequest;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
-/// Caller headers that are never forwarded, whatever a workflow lists: credentials,
-/// provider signatures, and hop-by-hop headers (RFC 9110 §7.6.1).
-pub const NEVER_FORWARDED: [&str; 20] = [
+/// Caller headers carrying credentials or provider signatures: never forwarded.
+pub const CREDENTIAL_HEADERS: [&str; 12] = [
     "authorization",
     "proxy-authorization",
     "x-api-key",
@@ -29,6 +28,11 @@ pub const NEVER_FORWARDED: [&str; 20] = [
     "x-twilio-signature",
     "webhook-signature",
     "svix-signature",
+];
+
+/// Caller headers about this one connection or exchange (RFC 9110 §7.6.1), and `Host`, which
+/// names the gateway: never forwarded, and never added by a workflow.
+pub const CONNECTION_HEADERS: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -37,7 +41,49 @@ pub const NEVER_FORWARDED: [&str; 20] = [
     "transfer-encoding",
     "upgrade",
     "host",
+    "expect",
 ];
+
+/// Headers the gateway sets on every forwarded request. A caller or a workflow setting them too
+/// could make a backend that deduplicates on them drop or merge other runs.
+pub const GATEWAY_OWNED: [&str; 5] = [
+    "x-run-id",
+    "x-workflow-id",
+    "x-request-id",
+    "idempotency-key",
+    "content-length",
+];
+
+/// Whether a header name looks like it carries a secret: tokens, signatures, keys, passwords.
+/// Providers invent their own names (`X-Gitlab-Token`, `X-Amz-Security-Token`, ...), so the
+/// fixed list is backed by this test on the name's words.
+pub fn looks_secret(name: &str) -> bool {
+    const WORDS: [&str; 7] = [
+        "token",
+        "secret",
+        "signature",
+        "password",
+        "auth",
+        "key",
+        "hmac",
+    ];
+    let lower = name.to_ascii_lowercase();
+    CREDENTIAL_HEADERS.contains(&lower.as_str()) || WORDS.iter().any(|word| lower.contains(word))
+}
+
+/// Why a header cannot be passed on or added by a workflow, if it cannot.
+pub fn refusal(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    if CONNECTION_HEADERS.contains(&lower.as_str()) {
+        Some("is about the caller's own connection")
+    } else if GATEWAY_OWNED.contains(&lower.as_str()) {
+        Some("is set by the gateway")
+    } else if looks_secret(&lower) {
+        Some("looks like it carries credentials")
+    } else {
+        None
+    }
+}
 
 /// What a workflow sends to its backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,14 +179,24 @@ impl PathTemplate {
                         Some(Value::Null) | None => String::new(),
                         Some(other) => other.to_string(),
                     };
-                    path.extend(
-                        form_urlencoded::byte_serialize(value.as_bytes())
-                            .map(|s| s.replace('+', "%20")),
-                    );
+                    path.push_str(&encode_segment(&value));
                 }
             }
         }
         path
+    }
+}
+
+/// Percent-encodes a value so that it stays one path segment: `/` and every other reserved
+/// character are encoded, and so are the dot segments `.` and `..`, which a backend would
+/// otherwise resolve against the path (RFC 3986 §5.2.4).
+fn encode_segment(value: &str) -> String {
+    match value {
+        "." => "%2E".to_string(),
+        ".." => "%2E%2E".to_string(),
+        _ => form_urlencoded::byte_serialize(value.as_bytes())
+            .map(|piece| piece.replace('+', "%20"))
+            .collect(),
     }
 }
 
@@ -185,15 +241,18 @@ pub fn build_request(
         ),
     };
 
+    // Headers the caller's own `Connection` header names are hop-by-hop for this request.
+    let nominated = prepared.headers.get("connection").and_then(Value::as_str);
     let mut headers: Vec<(String, String)> = forward
         .pass_headers
         .iter()
+        .filter(|name| !is_hop_by_hop(name, nominated) && refusal(name).is_none())
+        .filter(|name| name.as_str() != "content-type")
         .filter_map(|name| {
             let value = prepared.headers.get(name)?.as_str()?;
             Some((name.clone(), value.to_string()))
         })
         .collect();
-    headers.retain(|(name, _)| name != "content-type" && name != "content-length");
     headers.extend(content_type.map(|value| ("content-type".to_string(), value)));
     headers.extend(forward.add_headers.iter().cloned());
     headers.push(("x-run-id".into(), ids.run_id.to_string()));
@@ -260,6 +319,33 @@ mod tests {
             template.render(variables.as_object().unwrap()),
             "/tickets/a%2Fb%20c/notes?by=42"
         );
+    }
+
+    #[test]
+    fn dot_segments_cannot_climb_out_of_the_path() {
+        let template = PathTemplate::parse("/p/{a}/x").unwrap();
+        for (value, expected) in [
+            ("..", "/p/%2E%2E/x"),
+            (".", "/p/%2E/x"),
+            ("a.b", "/p/a.b/x"),
+        ] {
+            let variables = json!({ "a": value });
+            assert_eq!(template.render(variables.as_object().unwrap()), expected);
+        }
+    }
+
+    #[test]
+    fn secret_looking_headers_are_recognised() {
+        for name in [
+            "X-Gitlab-Token",
+            "x-amz-security-token",
+            "X-Signature",
+            "X-Webhook-Secret",
+            "authorization",
+        ] {
+            assert!(looks_secret(name), "{name}");
+        }
+        assert!(!looks_secret("user-agent"));
     }
 
     #[test]
