@@ -24,14 +24,6 @@ impl Reply {
         }
     }
 
-    pub fn text(status: u16, text: impl Into<String>) -> Self {
-        Self {
-            status,
-            headers: vec![("content-type", "text/plain; charset=utf-8".to_string())],
-            body: Bytes::from(text.into()),
-        }
-    }
-
     /// The JSON error response for `error`, with its status and headers.
     pub fn error(error: &GatewayError, run_id: Option<&str>) -> Self {
         let mut reply = Self::json(error.status(), &error.to_json(run_id));

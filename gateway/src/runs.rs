@@ -381,14 +381,8 @@ async fn attempt(
     request: &UpstreamRequest,
 ) -> Result<Answer, ForwardError> {
     // The whole exchange, answer body included, stays within the backend's total timeout.
-    let total = pool.settings.total_timeout;
-    match tokio::time::timeout(total, exchange_whole(context, pool, request)).await {
-        Ok(answer) => answer,
-        Err(_) => Err(ForwardError::Timeout(format!(
-            "no whole answer within {} ms",
-            total.as_millis()
-        ))),
-    }
+    let work = exchange_whole(context, pool, request);
+    client::within(pool.settings.total_timeout, "whole answer", work).await
 }
 
 async fn exchange_whole(

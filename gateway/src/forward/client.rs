@@ -13,7 +13,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,7 +100,6 @@ fn is_connect_failure(error: &pingora::Error) -> bool {
 pub struct Exchange {
     session: HttpSession,
     peer: HttpPeer,
-    pub address: SocketAddr,
 }
 
 impl Exchange {
@@ -144,14 +142,22 @@ pub async fn start(
     pool: &Arc<BackendPool>,
     request: &UpstreamRequest,
 ) -> Result<Exchange, ForwardError> {
-    let deadline = pool.settings.total_timeout;
-    match tokio::time::timeout(deadline, start_within(connector, pool, request)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(ForwardError::Timeout(format!(
-            "no answer within {} ms",
-            deadline.as_millis()
-        ))),
-    }
+    let work = start_within(connector, pool, request);
+    within(pool.settings.total_timeout, "an answer", work).await
+}
+
+/// Runs `work` within `limit`; past it, a timeout naming what did not arrive.
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T, ForwardError>>,
+) -> Result<T, ForwardError> {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(ForwardError::Timeout(format!(
+            "no {what} within {} ms",
+            limit.as_millis()
+        )))
+    })
 }
 
 async fn start_within(
@@ -217,7 +223,6 @@ async fn send_to(
         return Ok(Exchange {
             session,
             peer: selected.peer.clone(),
-            address: selected.address,
         });
     }
     let error = last_error.unwrap_or_else(|| ForwardError::Unavailable("connection failed".into()));
