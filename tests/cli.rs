@@ -32,6 +32,7 @@ fn check_reports_every_problem_with_file_and_location() {
         ("workflows/d.yaml", "id: dup\n"),
         ("workflows/e.yaml", "id: dup\n"),
         ("workflows/f.yaml", "id: f\nmapping:\n  a: { pointer: /a }\n  a: { pointer: /b }\n"),
+        ("workflows/g.yaml", "id: g\nmapping:\n  t: { pointer: /t }\nforward:\n  backend: none\n  path: /x/{t}\n  headers:\n    pass: [X-Gitlab-Token]\n"),
     ]);
     assert!(!ok, "{text}");
     for expected in [
@@ -45,6 +46,9 @@ fn check_reports_every_problem_with_file_and_location() {
         "c.yaml: line 2 column 1",
         "e.yaml: id: \"dup\" is also the id of",
         "\"a\" is given twice",
+        "g.yaml: forward.backend: no backend named \"none\"",
+        "g.yaml: forward.path: {t} must be a required variable or have a default",
+        "g.yaml: forward.headers.pass: \"X-Gitlab-Token\" looks like it carries credentials",
     ] {
         assert!(
             text.contains(expected),

@@ -383,7 +383,15 @@ fn forward_settings(
         .map_err(|error| problems.add("forward.path", error))
         .ok()?;
     for name in path.variables() {
-        if !mapping.rules().iter().any(|rule| rule.name == name) {
+        let rule = mapping.rules().iter().find(|rule| rule.name == name);
+        // An absent value would leave an empty segment and send the request somewhere else.
+        if rule.is_some_and(|rule| !rule.required && rule.default.is_none()) {
+            problems.add(
+                "forward.path",
+                format!("{{{name}}} must be a required variable or have a default"),
+            );
+        }
+        if rule.is_none() {
             problems.add(
                 "forward.path",
                 format!("{{{name}}} is not a mapped variable"),
