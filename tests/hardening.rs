@@ -130,12 +130,9 @@ fn pipelined_requests_are_all_answered_in_order() {
 #[test]
 fn broken_chunked_framing_is_400_and_closes_the_connection() {
     let gateway = Gateway::custom(&[("workflows/echo.yaml", "id: echo\n")]);
-    let head = format!(
-        "POST {} HTTP/1.1\r\nhost: x\r\nx-api-key: {TEST_KEY}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n3\r\n{{}}xGARBAGE\r\n",
-        gateway.path("echo")
-    );
-    let mut stream = connect(gateway.port);
-    stream.write_all(head.as_bytes()).unwrap();
+    let headers = [("x-api-key", TEST_KEY), ("transfer-encoding", "chunked")];
+    let mut stream = send_head(gateway.port, &gateway.path("echo"), &headers);
+    stream.write_all(b"3\r\n{}xGARBAGE\r\n").unwrap();
     let mut reader = BufReader::new(stream);
     let response = read_response(&mut reader).unwrap();
     assert_eq!(response.status, 400);
@@ -156,12 +153,8 @@ fn a_trickled_body_is_cut_off_at_the_total_deadline() {
         ("gateway.yaml", &config),
         ("workflows/echo.yaml", "id: echo\n"),
     ]);
-    let head = format!(
-        "POST {} HTTP/1.1\r\nhost: x\r\nx-api-key: {TEST_KEY}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n",
-        gateway.path("echo")
-    );
-    let mut stream = connect(gateway.port);
-    stream.write_all(head.as_bytes()).unwrap();
+    let headers = [("x-api-key", TEST_KEY), ("content-length", "100")];
+    let stream = send_head(gateway.port, &gateway.path("echo"), &headers);
     let mut writer = stream.try_clone().unwrap();
     // One byte every 300 ms: each read is quick, the whole body never arrives in time.
     let dripper = std::thread::spawn(move || {

@@ -69,12 +69,8 @@ fn body_up_to_the_default_one_mib_is_accepted() {
 #[test]
 fn declared_length_over_the_limit_is_413_before_reading_and_closes() {
     let gateway = gateway();
-    let mut stream = connect(gateway.port);
-    let head = format!(
-        "POST {} HTTP/1.1\r\nhost: x\r\nx-api-key: {TEST_KEY}\r\ncontent-type: application/json\r\ncontent-length: 2048\r\n\r\n",
-        gateway.path("small")
-    );
-    stream.write_all(head.as_bytes()).unwrap();
+    let headers = [("x-api-key", TEST_KEY), ("content-length", "2048")];
+    let stream = send_head(gateway.port, &gateway.path("small"), &headers);
 
     let mut reader = BufReader::new(stream);
     let response = read_response(&mut reader).expect("answered without reading the body");
@@ -90,12 +86,8 @@ fn declared_length_over_the_limit_is_413_before_reading_and_closes() {
 #[test]
 fn chunked_body_over_the_limit_is_413() {
     let gateway = gateway();
-    let mut stream = connect(gateway.port);
-    let head = format!(
-        "POST {} HTTP/1.1\r\nhost: x\r\nx-api-key: {TEST_KEY}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
-        gateway.path("small")
-    );
-    stream.write_all(head.as_bytes()).unwrap();
+    let headers = [("x-api-key", TEST_KEY), ("transfer-encoding", "chunked")];
+    let mut stream = send_head(gateway.port, &gateway.path("small"), &headers);
     let chunk = "x".repeat(700);
     for _ in 0..2 {
         stream
@@ -345,13 +337,10 @@ fn every_refusal_is_json_with_a_code_and_message() {
 #[test]
 fn stalled_body_is_408_not_a_hang() {
     let gateway = gateway();
-    let mut stream = connect(gateway.port);
     // The test configuration allows 2 s per body read; send part of the body, then stall.
-    let head = format!(
-        "POST {} HTTP/1.1\r\nhost: x\r\nx-api-key: {TEST_KEY}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"partial\":",
-        gateway.path("raw")
-    );
-    stream.write_all(head.as_bytes()).unwrap();
+    let headers = [("x-api-key", TEST_KEY), ("content-length", "100")];
+    let mut stream = send_head(gateway.port, &gateway.path("raw"), &headers);
+    stream.write_all(br#"{"partial":"#).unwrap();
 
     let response =
         read_response(&mut BufReader::new(stream)).expect("an answer after the read timeout");

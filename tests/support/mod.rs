@@ -443,6 +443,21 @@ pub fn connect(port: u16) -> TcpStream {
     stream
 }
 
+/// Opens a connection and sends only the head of a JSON POST, leaving the body to the test: for
+/// bodies that arrive late, in pieces, malformed, or never.
+pub fn send_head(port: u16, path: &str, headers: &[(&str, &str)]) -> TcpStream {
+    let mut head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut stream = connect(port);
+    stream
+        .write_all(head.as_bytes())
+        .expect("send the request head");
+    stream
+}
+
 pub fn send(port: u16, request: &Request) -> Response {
     try_send(port, request).unwrap_or_else(|e| panic!("{} {}: {e}", request.method, request.path))
 }
