@@ -90,6 +90,24 @@ pub enum GatewayError {
 
     #[error("the gateway failed to answer")]
     Internal,
+
+    #[error("no admin endpoint at {0:?}")]
+    UnknownEndpoint(String),
+
+    #[error("no workflow with id {0:?} is loaded")]
+    UnknownWorkflow(String),
+
+    #[error("no run {0:?} is known")]
+    UnknownRun(String),
+
+    #[error("query parameter {name:?} {reason}")]
+    InvalidParameter { name: String, reason: String },
+
+    #[error("the change could not be saved, so it was not made: {0}")]
+    StateNotSaved(String),
+
+    #[error("the configuration has {count} problem(s); the running configuration stays in force")]
+    ConfigInvalid { count: usize },
 }
 
 fn listed_note(total: usize, listed: usize) -> String {
@@ -104,7 +122,14 @@ impl GatewayError {
     /// The HTTP status a client expects for this error.
     pub fn status(&self) -> u16 {
         match self {
-            Self::NotFound | Self::WorkflowInactive(_) => 404,
+            Self::NotFound
+            | Self::WorkflowInactive(_)
+            | Self::UnknownEndpoint(_)
+            | Self::UnknownWorkflow(_)
+            | Self::UnknownRun(_) => 404,
+            Self::InvalidParameter { .. } => 400,
+            Self::StateNotSaved(_) => 500,
+            Self::ConfigInvalid { .. } => 422,
             Self::MethodNotAllowed { .. } => 405,
             Self::Unauthorized(_) => 401,
             Self::PayloadTooLarge { .. } => 413,
@@ -146,6 +171,12 @@ impl GatewayError {
             Self::BackendUnavailable { .. } => "backend_unavailable",
             Self::BackendTimeout { .. } => "backend_timeout",
             Self::BackendRejected { .. } => "backend_rejected",
+            Self::UnknownEndpoint(_) => "not_found",
+            Self::UnknownWorkflow(_) => "workflow_not_found",
+            Self::UnknownRun(_) => "run_not_found",
+            Self::InvalidParameter { .. } => "invalid_parameter",
+            Self::StateNotSaved(_) => "state_not_saved",
+            Self::ConfigInvalid { .. } => "config_invalid",
         }
     }
 

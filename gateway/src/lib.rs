@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod authoring;
 pub mod cli;
 pub mod config;
 pub mod edge;
@@ -20,6 +21,8 @@ pub mod mapping;
 pub mod memory;
 pub mod payload;
 pub mod pipeline;
+pub mod registry;
+pub mod reload;
 pub mod routing;
 pub mod runs;
 pub mod schema;

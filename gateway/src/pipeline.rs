@@ -44,25 +44,48 @@ pub fn prepare(
     limits: &Limits,
     parts: &RequestParts<'_>,
 ) -> Result<Prepared, GatewayError> {
+    let event = decode(parts, limits, uses_event(workflow))?;
+    validate(workflow, &event)?;
+    map(workflow, event, parts)
+}
+
+/// Checks the content type and the JSON. Builds the tree only when `build_tree` is set;
+/// otherwise the syntax is checked and the event is `null`.
+pub fn decode(
+    parts: &RequestParts<'_>,
+    limits: &Limits,
+    build_tree: bool,
+) -> Result<Value, GatewayError> {
     let content_type = parts
         .headers
         .get(http::header::CONTENT_TYPE)
         .map(|value| value.to_str().unwrap_or("(not text)"));
     payload::check_content_type(content_type)?;
-    let event = if uses_event(workflow) {
-        payload::parse_json(parts.body, limits.max_json_depth)?
-    } else {
-        payload::validate_json(parts.body, limits.max_json_depth)?;
-        Value::Null
-    };
-
-    if let Some(schema) = &workflow.schema {
-        let (total, violations) = schema.violations(&event);
-        if total > 0 {
-            return Err(GatewayError::SchemaViolation { total, violations });
-        }
+    if build_tree {
+        return payload::parse_json(parts.body, limits.max_json_depth);
     }
+    payload::validate_json(parts.body, limits.max_json_depth)?;
+    Ok(Value::Null)
+}
 
+/// Checks the event against the workflow's schema, if it has one.
+pub fn validate(workflow: &Workflow, event: &Value) -> Result<(), GatewayError> {
+    let Some(schema) = &workflow.schema else {
+        return Ok(());
+    };
+    let (total, violations) = schema.violations(event);
+    if total > 0 {
+        return Err(GatewayError::SchemaViolation { total, violations });
+    }
+    Ok(())
+}
+
+/// Maps the event, headers and query to the workflow's variables.
+pub fn map(
+    workflow: &Workflow,
+    event: Value,
+    parts: &RequestParts<'_>,
+) -> Result<Prepared, GatewayError> {
     let query = parse_query(parts.query);
     let variables = workflow.mapping.apply(&MappingInput {
         event: &event,
@@ -80,7 +103,7 @@ pub fn prepare(
 
 /// Whether anything reads the parsed event: a schema, a body pointer or a script. A workflow
 /// that only forwards the body as received needs its syntax checked, not a tree built.
-fn uses_event(workflow: &Workflow) -> bool {
+pub fn uses_event(workflow: &Workflow) -> bool {
     workflow.schema.is_some()
         || workflow.script.is_some()
         || workflow
@@ -125,6 +148,50 @@ pub fn execute_timed(
         Ok(value) => Ok(Some(value)),
         Err(ScriptFailure::Yielded) => Ok(None),
         Err(failure) => Err(into_gateway_error(failure, workflow, run_id)),
+    }
+}
+
+/// A script run as a test URL shows it: the outcome, the error's detail, and what the
+/// script printed.
+pub struct ScriptTrace {
+    pub outcome: Result<Value, GatewayError>,
+    /// The script engine's own words for a failure: line, column and cause.
+    pub detail: Option<String>,
+    pub printed: Vec<String>,
+}
+
+/// Runs the script to its end with its output captured, keeping the failure's detail that
+/// [`execute`] leaves in the log. The run happens on this thread.
+pub fn execute_traced(
+    engine: &ScriptEngine,
+    workflow: &Workflow,
+    prepared: &Prepared,
+    run_id: &str,
+) -> ScriptTrace {
+    let Some(script) = &workflow.script else {
+        return ScriptTrace {
+            outcome: Ok(Value::Object(prepared.variables.clone())),
+            detail: None,
+            printed: Vec::new(),
+        };
+    };
+    let input = ScriptInput {
+        variables: &prepared.variables,
+        event: &prepared.event,
+        headers: &prepared.headers,
+        query: &prepared.query,
+    };
+
+    let (outcome, printed) =
+        crate::script::capture_output(|| engine.run(script, &input, Timing::whole()));
+    let detail = match &outcome {
+        Err(ScriptFailure::Runtime(detail)) => Some(detail.clone()),
+        _ => None,
+    };
+    ScriptTrace {
+        outcome: outcome.map_err(|failure| into_gateway_error(failure, workflow, run_id)),
+        detail,
+        printed,
     }
 }
 

@@ -34,7 +34,7 @@ pub fn new_run_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     Accepted,
@@ -108,6 +108,25 @@ impl RunStore {
         self.records.get(run_id)
     }
 
+    /// Records matching the filters, newest first (run ids sort by creation time).
+    pub fn list(
+        &self,
+        workflow_id: Option<&str>,
+        state: Option<RunState>,
+        limit: usize,
+    ) -> Vec<Arc<RunRecord>> {
+        let mut matching: Vec<Arc<RunRecord>> = self
+            .records
+            .iter()
+            .map(|(_, record)| record)
+            .filter(|record| workflow_id.is_none_or(|id| record.workflow_id == id))
+            .filter(|record| state.is_none_or(|wanted| record.state == wanted))
+            .collect();
+        matching.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+        matching.truncate(limit);
+        matching
+    }
+
     fn put(&self, record: &RunRecord) {
         self.records
             .insert(record.run_id.clone(), Arc::new(record.clone()));
@@ -123,13 +142,15 @@ pub struct Job {
     /// The body as received, for workflows that forward it unchanged.
     pub body: Bytes,
     pub caller_method: String,
+    /// The script engine and backends of the configuration the run was accepted under, so a
+    /// reload in the meantime does not change what the run does.
+    pub engine: Arc<ScriptEngine>,
+    pub backends: Arc<Backends>,
 }
 
 /// What every run task shares.
 struct RunContext {
-    engine: Arc<ScriptEngine>,
     store: RunStore,
-    backends: Arc<Backends>,
     connector: Connector,
 }
 
@@ -141,11 +162,7 @@ pub struct RunPool {
 }
 
 impl RunPool {
-    pub fn start(
-        settings: &RunSettings,
-        engine: Arc<ScriptEngine>,
-        backends: Arc<Backends>,
-    ) -> std::io::Result<Self> {
+    pub fn start(settings: &RunSettings) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("runs")
@@ -153,9 +170,7 @@ impl RunPool {
             .build()?;
         let store = RunStore::new(settings);
         let context = Arc::new(RunContext {
-            engine,
             store: store.clone(),
-            backends,
             connector: Connector::new(None),
         });
 
@@ -226,7 +241,7 @@ async fn execute(context: &Arc<RunContext>, job: Job, mut record: RunRecord) {
     record.started_at = Some(now());
     context.store.put(&record);
 
-    let outcome = match run_script(context, &job).await {
+    let outcome = match run_script(&job).await {
         Ok(result) => match &job.workflow.forward {
             Some(_) => deliver(context, &job, result.as_ref(), &mut record).await,
             None => Ok(result.unwrap_or(Value::Null)),
@@ -268,13 +283,13 @@ fn finish(record: &mut RunRecord, outcome: Result<Value, GatewayError>) {
 
 /// Runs the script on a blocking thread; `Ok(None)` for a workflow without one. A workflow
 /// without a script or forward has the mapped variables as its result.
-async fn run_script(context: &Arc<RunContext>, job: &Job) -> Result<Option<Value>, GatewayError> {
+async fn run_script(job: &Job) -> Result<Option<Value>, GatewayError> {
     if job.workflow.script.is_none() {
         let variables = Value::Object(job.prepared.variables.clone());
         return Ok(job.workflow.forward.is_none().then_some(variables));
     }
 
-    let engine = Arc::clone(&context.engine);
+    let engine = Arc::clone(&job.engine);
     let workflow = Arc::clone(&job.workflow);
     let prepared = job.prepared.clone();
     let run_id = job.run_id.clone();
@@ -297,7 +312,7 @@ async fn deliver(
         .forward
         .as_ref()
         .ok_or(GatewayError::Internal)?;
-    let pool = context
+    let pool = job
         .backends
         .get(&forward.backend)
         .ok_or(GatewayError::Internal)?;

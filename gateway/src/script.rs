@@ -9,7 +9,7 @@
 use crate::config::SandboxLimits;
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map as RhaiMap, Scope, AST};
 use serde_json::{Map, Number, Value};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,36 @@ struct RunLimits {
 
 thread_local! {
     static RUN_LIMITS: Cell<Option<RunLimits>> = const { Cell::new(None) };
+    /// Lines printed by a traced run on this thread; `None` when nothing is tracing.
+    static CAPTURED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+/// Most `print` and `debug` lines a traced run keeps, and most characters of each.
+const MAX_CAPTURED_LINES: usize = 100;
+const MAX_CAPTURED_CHARS: usize = 1_000;
+
+/// Runs `work` (a script run on this thread) and returns what it printed, instead of sending
+/// the lines to the log. Used by test URLs, whose trace shows a script's output.
+pub fn capture_output<R>(work: impl FnOnce() -> R) -> (R, Vec<String>) {
+    CAPTURED.with(|cell| *cell.borrow_mut() = Some(Vec::new()));
+    let result = work();
+    let lines = CAPTURED
+        .with(|cell| cell.borrow_mut().take())
+        .unwrap_or_default();
+    (result, lines)
+}
+
+/// Keeps a printed line when this thread is capturing; returns false otherwise.
+fn captured(text: &str) -> bool {
+    CAPTURED.with(|cell| match cell.borrow_mut().as_mut() {
+        Some(lines) => {
+            if lines.len() < MAX_CAPTURED_LINES {
+                lines.push(text.chars().take(MAX_CAPTURED_CHARS).collect());
+            }
+            true
+        }
+        None => false,
+    })
 }
 
 const TIMEOUT_TOKEN: &str = "timeout";
@@ -157,9 +187,15 @@ impl ScriptEngine {
             .set_max_functions(256);
         engine.disable_symbol("eval");
         engine.on_progress(check_limits);
-        engine.on_print(|text| tracing::info!(script.output = text, "script printed"));
+        engine.on_print(|text| {
+            if !captured(text) {
+                tracing::info!(script.output = text, "script printed");
+            }
+        });
         engine.on_debug(|text, _, position| {
-            tracing::debug!(script.output = text, script.position = %position, "script debug")
+            if !captured(text) {
+                tracing::debug!(script.output = text, script.position = %position, "script debug");
+            }
         });
         engine.register_fn("reject", reject);
         Self {

@@ -1,52 +1,141 @@
 //! Wiring a validated configuration into a running Pingora server: the shared gateway state,
-//! the webhook service, the admin service and the background run pool.
+//! the webhook service, the admin service, the run pool and the configuration watcher.
+//!
+//! Requests read the configuration through a [`Snapshot`] taken when they start. A reload
+//! builds a whole new snapshot and swaps it in at once, so a request in flight finishes on
+//! the configuration it started with and the next one sees the new configuration complete.
 
 use crate::admin::AdminApi;
-use crate::config::Config;
+use crate::config::{AdminSettings, Config, RunSettings};
 use crate::edge::Edge;
-use crate::forward::backends::{Backends, HealthService};
+use crate::forward::backends::Backends;
+use crate::registry::Registry;
+use crate::reload::{self, ReloadReport};
 use crate::routing::{Router, UrlSecret};
 use crate::runs::RunPool;
+use arc_swap::ArcSwap;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 use std::net::TcpListener;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
-/// Everything a request needs, shared by every service.
-pub struct GatewayState {
+/// One loaded configuration and everything built from it.
+pub struct Snapshot {
+    /// 1 for the configuration the gateway started with, then one more per applied reload.
+    pub version: u64,
+    pub loaded_at: SystemTime,
     pub config: Config,
     pub router: Router,
     pub backends: Arc<Backends>,
+}
+
+/// Settings that only take effect at start; a reload that changes them is reported as
+/// needing a restart, and the running values stay.
+#[derive(Clone)]
+pub struct StartupSettings {
+    pub listen: String,
+    pub threads: usize,
+    pub admin: Option<AdminSettings>,
+    pub state_dir: PathBuf,
+    pub url_secret: Option<String>,
+    pub runs: RunSettings,
+}
+
+impl StartupSettings {
+    fn of(config: &Config) -> Self {
+        Self {
+            listen: config.server.listen.clone(),
+            threads: config.server.threads,
+            admin: config.admin.clone(),
+            state_dir: config.state_dir.clone(),
+            url_secret: config.url_secret.clone(),
+            runs: config.runs.clone(),
+        }
+    }
+}
+
+/// Everything a request needs, shared by every service.
+pub struct GatewayState {
+    current: ArcSwap<Snapshot>,
+    pub startup: StartupSettings,
+    pub secret: UrlSecret,
+    pub registry: Registry,
     pub runs: RunPool,
+    /// Runs health checks and the configuration watcher's reloads.
+    pub control: tokio::runtime::Runtime,
+    /// Held while a reload runs, so two never interleave; keeps the last outcome.
+    pub last_reload: Mutex<Option<ReloadReport>>,
 }
 
 impl GatewayState {
-    /// Resolves the URL secret, builds the router and the backend pools, and starts the run
-    /// pool. Returns the backends' health check services, which the server must run.
-    pub fn new(config: Config) -> Result<(Self, Vec<HealthService>), String> {
+    /// Resolves the URL secret, reads the saved activations, builds the first snapshot and
+    /// starts the run pool.
+    pub fn new(config: Config) -> Result<Arc<Self>, String> {
         let secret = UrlSecret::resolve(config.url_secret.as_deref(), &config.state_dir)
             .map_err(|error| format!("url secret in {}: {error}", config.state_dir.display()))?;
-        let router = Router::new(&config.workflows, &secret);
+        let registry = Registry::open(&config.state_dir, config.samples)?;
+        let control = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("control")
+            .enable_all()
+            .build()
+            .map_err(|error| format!("cannot start the control runtime: {error}"))?;
+        let runs = RunPool::start(&config.runs)
+            .map_err(|error| format!("cannot start the run pool: {error}"))?;
 
-        let (backends, health_services) = Backends::new(&config.backends)
-            .map_err(|error| format!("cannot set up backends: {error}"))?;
-        let backends = Arc::new(backends);
-        let runs = RunPool::start(
-            &config.runs,
-            Arc::clone(&config.engine),
-            Arc::clone(&backends),
-        )
-        .map_err(|error| format!("cannot start the run pool: {error}"))?;
-        let state = Self {
-            config,
-            router,
-            backends,
+        let startup = StartupSettings::of(&config);
+        let snapshot = build_snapshot(config, 1, None, &secret, &registry, control.handle())?;
+        Ok(Arc::new(Self {
+            current: ArcSwap::from_pointee(snapshot),
+            startup,
+            secret,
+            registry,
             runs,
-        };
-        Ok((state, health_services))
+            control,
+            last_reload: Mutex::new(None),
+        }))
     }
+
+    /// The configuration in force now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Puts a new snapshot in force; requests already running keep theirs.
+    pub(crate) fn install(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+}
+
+/// Builds the router and backends for `config`, reusing unchanged backend pools of
+/// `previous`.
+pub(crate) fn build_snapshot(
+    config: Config,
+    version: u64,
+    previous: Option<&Snapshot>,
+    secret: &UrlSecret,
+    registry: &Registry,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Snapshot, String> {
+    let backends = Backends::new(
+        &config.backends,
+        previous.map(|snapshot| snapshot.backends.as_ref()),
+        runtime,
+    )
+    .map_err(|error| format!("cannot set up backends: {error}"))?;
+    let live = registry.sync(&config.workflows, config.samples);
+    let router = Router::new(&config.workflows, secret, &live);
+    Ok(Snapshot {
+        version,
+        loaded_at: SystemTime::now(),
+        config,
+        router,
+        backends: Arc::new(backends),
+    })
 }
 
 /// Runs the gateway until the process is stopped. Returns only on a start-up failure.
@@ -58,24 +147,21 @@ pub fn run(config: Config) -> Result<(), String> {
         ensure_bindable(&admin.listen)?;
     }
 
-    let (state, health_services) = GatewayState::new(config)?;
-    let state = Arc::new(state);
-    let mut server = Server::new_with_opt_and_conf(None, server_conf(&state.config));
+    let conf = server_conf(&config);
+    let state = GatewayState::new(config)?;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    for service in health_services {
-        server.add_service(service);
-    }
 
-    let config = &state.config;
+    let startup = &state.startup;
     let mut webhooks = http_proxy_service_with_name(
         &server.configuration,
         Edge::new(Arc::clone(&state)),
         "webhooks",
     );
-    webhooks.add_tcp(&config.server.listen);
+    webhooks.add_tcp(&startup.listen);
     server.add_service(webhooks);
 
-    match &config.admin {
+    match &startup.admin {
         Some(admin) => {
             let api = AdminApi::new(Arc::clone(&state), admin.token.clone());
             let mut service = Service::new("admin".to_string(), api);
@@ -87,9 +173,10 @@ pub fn run(config: Config) -> Result<(), String> {
         None => tracing::info!("admin api disabled: no admin token configured"),
     }
 
+    reload::watch(&state);
     tracing::info!(
-        server.listen = %config.server.listen,
-        workflows = config.workflows.len(),
+        server.listen = %startup.listen,
+        workflows = state.snapshot().config.workflows.len(),
         "gateway started"
     );
     server.run_forever()

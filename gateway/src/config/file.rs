@@ -58,6 +58,10 @@ pub struct GatewayFile {
     #[serde(default)]
     pub runs: RunsFile,
     #[serde(default)]
+    pub samples: SamplesFile,
+    #[serde(default)]
+    pub reload: ReloadFile,
+    #[serde(default)]
     pub api_keys: Vec<ApiKeyFile>,
     /// Backend services that workflows forward to, by name.
     #[serde(default, deserialize_with = "unique_keys")]
@@ -209,6 +213,48 @@ impl Default for RunsFile {
     }
 }
 
+/// Events kept for authors: what reached each workflow's test URL (and its production URL
+/// when the workflow asks for it), for `GET /api/v1/workflows/{id}/samples` and field discovery.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplesFile {
+    /// Most recent events kept per workflow.
+    pub per_workflow: usize,
+    /// Body bytes kept per event; a longer body is cut and left out of field discovery.
+    pub max_body_bytes: usize,
+    /// Body bytes kept over every workflow; past it, a workflow's oldest events go first.
+    pub max_total_bytes: usize,
+}
+
+impl Default for SamplesFile {
+    fn default() -> Self {
+        Self {
+            per_workflow: 20,
+            max_body_bytes: 256 * 1024,
+            max_total_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Picking up changed files without a restart.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadFile {
+    /// Watch gateway.yaml, the workflows folder and the scripts folder for changes.
+    pub watch: bool,
+    /// How often the files are looked at.
+    pub interval_ms: u64,
+}
+
+impl Default for ReloadFile {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            interval_ms: 1_000,
+        }
+    }
+}
+
 /// A named backend service: one or more addresses behind round-robin load balancing.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -297,6 +343,16 @@ pub struct WorkflowFile {
     pub max_body_bytes: Option<usize>,
     /// Sends the run on to a backend service.
     pub forward: Option<ForwardFile>,
+    #[serde(default)]
+    pub samples: WorkflowSamplesFile,
+}
+
+/// Which events of one workflow are kept as samples.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkflowSamplesFile {
+    /// Also keep events sent to the production URL, not only the test URL.
+    pub production: bool,
 }
 
 /// Where and how a workflow forwards its runs.

@@ -37,6 +37,10 @@ pub struct Config {
     pub limits: Limits,
     pub sandbox: SandboxLimits,
     pub runs: RunSettings,
+    pub samples: SampleSettings,
+    pub reload: ReloadSettings,
+    pub workflows_dir: PathBuf,
+    pub scripts_dir: PathBuf,
     pub keys: ApiKeys,
     pub backends: Vec<BackendSettings>,
     pub engine: Arc<ScriptEngine>,
@@ -93,7 +97,7 @@ pub struct SandboxLimits {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunSettings {
     pub workers: usize,
     pub queue_capacity: usize,
@@ -101,8 +105,21 @@ pub struct RunSettings {
     pub record_ttl: Duration,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleSettings {
+    pub per_workflow: usize,
+    pub max_body_bytes: usize,
+    pub max_total_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadSettings {
+    pub watch: bool,
+    pub interval: Duration,
+}
+
 /// A named backend service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendSettings {
     pub name: String,
     /// At least one.
@@ -116,7 +133,7 @@ pub struct BackendSettings {
 }
 
 /// One address of a backend, resolved at load.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendAddress {
     pub tls: bool,
     pub host: String,
@@ -149,8 +166,12 @@ pub struct Workflow {
     pub response: ResponseMode,
     pub max_body_bytes: usize,
     pub forward: Option<Forward>,
+    /// Whether events sent to the production URL are kept as samples too.
+    pub sample_production: bool,
     /// The workflow file.
     pub source: PathBuf,
+    /// Other files it was built from (schema file, script), watched for changes.
+    pub dependencies: Vec<PathBuf>,
 }
 
 impl Workflow {
@@ -257,10 +278,37 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         limits: gateway.limits,
         sandbox: gateway.sandbox,
         runs: gateway.runs,
+        samples: gateway.samples,
+        reload: gateway.reload,
+        workflows_dir: gateway.workflows_dir,
+        scripts_dir: gateway.scripts_dir,
         keys: gateway.keys,
         backends: gateway.backends,
         engine,
         workflows,
+    })
+}
+
+/// The admin listener's address and token, as written in `gateway.yaml` (after `${ENV}`
+/// expansion). Reads only that file, so the CLI can reach a running gateway even while a
+/// workflow file being edited does not load.
+pub struct AdminEndpointSettings {
+    pub listen: String,
+    pub token: Option<String>,
+}
+
+pub fn admin_settings(path: &Path) -> Result<AdminEndpointSettings, String> {
+    let mut errors = Vec::new();
+    let file = read_yaml::<file::GatewayFile>(path, &mut errors)
+        .ok_or_else(|| ConfigErrors(errors).to_string().trim_end().to_string())?;
+    let token = file
+        .admin
+        .token
+        .map(|token| token.trim().to_string())
+        .filter(|token| !token.is_empty());
+    Ok(AdminEndpointSettings {
+        listen: file.admin.listen,
+        token,
     })
 }
 

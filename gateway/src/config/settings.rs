@@ -3,8 +3,8 @@
 
 use super::file::{ApiKeyFile, BackendFile, GatewayFile};
 use super::{
-    AdminSettings, BackendAddress, BackendSettings, ConfigError, Limits, Problems, RunSettings,
-    SandboxLimits, ServerSettings, MAX_BODY_LIMIT_BYTES,
+    AdminSettings, BackendAddress, BackendSettings, ConfigError, Limits, Problems, ReloadSettings,
+    RunSettings, SampleSettings, SandboxLimits, ServerSettings, MAX_BODY_LIMIT_BYTES,
 };
 use crate::auth::{self, ApiKeys, KeyDigest};
 use std::collections::HashSet;
@@ -23,6 +23,8 @@ pub(super) struct GatewaySettings {
     pub limits: Limits,
     pub sandbox: SandboxLimits,
     pub runs: RunSettings,
+    pub samples: SampleSettings,
+    pub reload: ReloadSettings,
     pub keys: ApiKeys,
     pub backends: Vec<BackendSettings>,
 }
@@ -45,6 +47,8 @@ pub(super) fn validate(
         limits: limits(&file, &mut problems),
         sandbox: sandbox(&file, &mut problems),
         runs: runs(&file, &mut problems),
+        samples: samples(&file, &mut problems),
+        reload: reload(&file, &mut problems),
         keys: api_keys(&file.api_keys, &mut problems),
         backends: backends(&file, &mut problems),
     }
@@ -185,6 +189,35 @@ fn runs(file: &GatewayFile, problems: &mut Problems<'_>) -> RunSettings {
         queue_capacity: runs.queue_capacity.clamp(1, 1_000_000),
         max_records: runs.max_records.max(1),
         record_ttl: Duration::from_secs(runs.record_ttl_seconds.max(1)),
+    }
+}
+
+fn samples(file: &GatewayFile, problems: &mut Problems<'_>) -> SampleSettings {
+    let samples = &file.samples;
+    problems.in_range("samples.per_workflow", samples.per_workflow, 0..=1_000);
+    problems.in_range(
+        "samples.max_body_bytes",
+        samples.max_body_bytes,
+        0..=MAX_BODY_LIMIT_BYTES,
+    );
+    problems.in_range(
+        "samples.max_total_bytes",
+        samples.max_total_bytes,
+        0..=4 * 1024 * 1024 * 1024,
+    );
+    SampleSettings {
+        per_workflow: samples.per_workflow.min(1_000),
+        max_body_bytes: samples.max_body_bytes.min(MAX_BODY_LIMIT_BYTES),
+        max_total_bytes: samples.max_total_bytes,
+    }
+}
+
+fn reload(file: &GatewayFile, problems: &mut Problems<'_>) -> ReloadSettings {
+    let reload = &file.reload;
+    problems.in_range("reload.interval_ms", reload.interval_ms, 50..=3_600_000);
+    ReloadSettings {
+        watch: reload.watch,
+        interval: Duration::from_millis(reload.interval_ms.max(50)),
     }
 }
 

@@ -103,12 +103,27 @@ fn validate(
             ResponseModeFile::Accept => ResponseMode::Accept,
         },
         max_body_bytes: body_limit(&file, gateway, &mut problems),
+        sample_production: file.samples.production,
+        dependencies: dependencies(path, &file, gateway),
         id: file.id,
         description: file.description,
         active: file.active,
         source: path.to_path_buf(),
     };
     (errors.len() == before).then_some(workflow)
+}
+
+/// The schema file and script a workflow reads, so a change to them triggers a reload.
+fn dependencies(path: &Path, file: &WorkflowFile, gateway: &GatewaySettings) -> Vec<PathBuf> {
+    let schema = file
+        .schema_file
+        .as_ref()
+        .map(|relative| path.parent().unwrap_or(Path::new(".")).join(relative));
+    let script = file
+        .script
+        .as_ref()
+        .map(|name| gateway.scripts_dir.join(name));
+    schema.into_iter().chain(script).collect()
 }
 
 /// Ids appear in URLs and logs: lowercase letters, digits, `-` and `_`, at most 64.

@@ -1,5 +1,7 @@
 //! Named backends: each is a Pingora `LoadBalancer` spreading requests round-robin over its
-//! addresses, with an active health check run as a Pingora background service.
+//! addresses, with an active health check run as a task on the gateway's control runtime.
+//! The task lives as long as its pool: a reload that replaces a backend ends the old checks,
+//! and one that leaves a backend unchanged keeps its pool, health and connections as they are.
 //!
 //! An address whose request fails at the connection level is suspended at once, and comes
 //! back only when its health check passes again; the health check alone would leave a dead
@@ -11,11 +13,11 @@ use pingora::http::RequestHeader;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
-use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
+use tokio::runtime::Handle;
 
 /// Addresses taken out of rotation after a failed request.
 type Suspended = Arc<RwLock<HashSet<SocketAddr>>>;
@@ -37,8 +39,8 @@ pub struct Selected {
 }
 
 impl BackendPool {
-    /// Builds the pool and the background service that runs its health checks.
-    pub fn new(settings: BackendSettings) -> std::io::Result<(Arc<Self>, HealthService)> {
+    /// Builds the pool and starts its health checks on `runtime`.
+    pub fn new(settings: BackendSettings, runtime: &Handle) -> std::io::Result<Arc<Self>> {
         let sockets: Vec<SocketAddr> = settings.addresses.iter().map(|a| a.socket).collect();
         let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(sockets.iter().copied())?;
 
@@ -47,22 +49,20 @@ impl BackendPool {
             inner: health_check(&settings),
             suspended: Arc::clone(&suspended),
         }));
-        balancer.health_check_frequency = Some(settings.health_interval);
-        balancer.parallel_health_check = true;
 
-        let service = background_service(&format!("health check {}", settings.name), balancer);
         let addresses = settings
             .addresses
             .iter()
             .map(|a| (a.socket, a.clone()))
             .collect();
-        let pool = Self {
-            balancer: service.task(),
+        let pool = Arc::new(Self {
+            balancer: Arc::new(balancer),
             settings,
             suspended,
             addresses,
-        };
-        Ok((Arc::new(pool), service))
+        });
+        runtime.spawn(check_health(Arc::downgrade(&pool)));
+        Ok(pool)
     }
 
     /// The next healthy, unsuspended address, round-robin; `None` when there is none.
@@ -105,6 +105,19 @@ impl BackendPool {
         options.write_timeout = Some(self.settings.read_timeout);
         options.idle_timeout = Some(std::time::Duration::from_secs(60));
         peer
+    }
+}
+
+/// Checks every address of a pool, then again after each interval, until the pool is gone.
+async fn check_health(pool: Weak<BackendPool>) {
+    loop {
+        let Some(live) = pool.upgrade() else {
+            return;
+        };
+        live.balancer.backends().run_health_check(true).await;
+        let interval = live.settings.health_interval;
+        drop(live);
+        tokio::time::sleep(interval).await;
     }
 }
 
@@ -162,9 +175,6 @@ impl HealthCheck for ReinstatingCheck {
     }
 }
 
-/// The background service running one backend's health checks.
-pub type HealthService = GenBackgroundService<LoadBalancer<RoundRobin>>;
-
 /// Every configured backend, by name.
 #[derive(Default)]
 pub struct Backends {
@@ -172,16 +182,25 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// Builds every pool; returns the health check services to add to the server.
-    pub fn new(settings: &[BackendSettings]) -> std::io::Result<(Self, Vec<HealthService>)> {
+    /// Builds every pool, starting health checks on `runtime`. A backend whose settings are
+    /// the same as in `previous` keeps its pool.
+    pub fn new(
+        settings: &[BackendSettings],
+        previous: Option<&Backends>,
+        runtime: &Handle,
+    ) -> std::io::Result<Self> {
         let mut pools = HashMap::new();
-        let mut services = Vec::new();
         for backend in settings {
-            let (pool, service) = BackendPool::new(backend.clone())?;
+            let kept = previous
+                .and_then(|previous| previous.get(&backend.name))
+                .filter(|pool| pool.settings == *backend);
+            let pool = match kept {
+                Some(pool) => Arc::clone(pool),
+                None => BackendPool::new(backend.clone(), runtime)?,
+            };
             pools.insert(backend.name.clone(), pool);
-            services.push(service);
         }
-        Ok((Self { pools }, services))
+        Ok(Self { pools })
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<BackendPool>> {

@@ -1,17 +1,22 @@
-//! The command line: `run`, `check`, `urls`, `keys generate` and `test`.
+//! The command line: `run`, `check`, `urls`, `keys generate` and `test` work on the files;
+//! `workflows`, `activate`, `deactivate`, `samples`, `fields` and `reload` ask a running
+//! gateway through its admin API (`remote`).
 //!
 //! Every command loads the configuration the same way, so `check` passing means `run` will
 //! start, and `test` runs exactly the pipeline a real request would.
+
+mod remote;
 
 use crate::auth;
 use crate::config::{self, Config, ResponseMode};
 use crate::error::GatewayError;
 use crate::pipeline::{self, RequestParts};
-use crate::routing::{Router, UrlSecret};
+use crate::routing::UrlSecret;
 use crate::server;
 use crate::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use remote::{describe_failure, AdminEndpoint};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -45,6 +50,11 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// The running gateway's admin API, as http://host:port; by default `admin.listen` from
+    /// the configuration file.
+    #[arg(long, global = true, env = "WEBHOOK_GATEWAY_ADMIN_URL")]
+    pub admin_url: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -62,7 +72,7 @@ pub enum Command {
     },
     /// Validate every file, compile every script and schema, and list every problem.
     Check,
-    /// Print each workflow's id, active flag and webhook URL.
+    /// Print each workflow's id, active flag in its file, webhook URL and test URL.
     Urls {
         /// Print a JSON array instead of a table.
         #[arg(long)]
@@ -86,6 +96,45 @@ pub enum Command {
         #[arg(long)]
         query: Option<String>,
     },
+    /// List the running gateway's workflows: state, URLs and request counts.
+    Workflows {
+        /// Print the admin API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turn a workflow on in the running gateway; the choice survives restarts.
+    Activate { workflow_id: String },
+    /// Turn a workflow off in the running gateway; the choice survives restarts.
+    Deactivate { workflow_id: String },
+    /// Print the events kept for a workflow (secrets redacted).
+    Samples {
+        workflow_id: String,
+        /// Forget the kept events instead.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Print the fields found in a workflow's samples, with a proposed schema and mapping.
+    Fields {
+        workflow_id: String,
+        /// What to print.
+        #[arg(long, value_enum, default_value = "table")]
+        show: FieldsView,
+    },
+    /// Make the running gateway load its files again; prints what changed or what is wrong.
+    Reload,
+}
+
+/// What `fields` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FieldsView {
+    /// Each field's pointer, types, presence and example.
+    Table,
+    /// The proposed JSON Schema.
+    Schema,
+    /// The mapping skeleton, ready to paste into the workflow file.
+    Mapping,
+    /// The admin API's whole answer.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +172,8 @@ pub fn run(cli: Cli) -> ExitCode {
             &headers,
             query.as_deref(),
         ),
+        remote => AdminEndpoint::find(&cli.config, cli.admin_url.as_deref())
+            .and_then(|admin| ask_gateway(&admin, remote)),
     };
 
     match outcome {
@@ -189,17 +240,17 @@ fn urls(path: &Path, as_json: bool) -> Result<(), String> {
     let config = load(path)?;
     let secret = UrlSecret::resolve(config.url_secret.as_deref(), &config.state_dir)
         .map_err(|error| format!("url secret: {error}"))?;
-    let router = Router::new(&config.workflows, &secret);
+    let base = &config.server.public_base_url;
 
     let listed: Vec<Value> = config
         .workflows
         .iter()
         .map(|workflow| {
-            let path = router.path_of(&workflow.id).unwrap_or_default();
             json!({
                 "id": workflow.id,
                 "active": workflow.active,
-                "url": format!("{}{path}", config.server.public_base_url),
+                "url": format!("{base}{}", secret.path_for(&workflow.id)),
+                "test_url": format!("{base}{}", secret.test_path_for(&workflow.id)),
                 "methods": workflow.methods,
                 "response": match workflow.response {
                     ResponseMode::ReturnResults => "return_results",
@@ -213,14 +264,149 @@ fn urls(path: &Path, as_json: bool) -> Result<(), String> {
         emit!("{}", Value::Array(listed));
         return Ok(());
     }
-    emit!("{:<24} {:<7} URL", "ID", "ACTIVE");
+    emit!("{:<24} {:<7} URL / TEST URL", "ID", "ACTIVE");
     for entry in &listed {
         let active = if entry["active"] == true { "yes" } else { "no" };
         let id = entry["id"].as_str().unwrap_or_default();
         let url = entry["url"].as_str().unwrap_or_default();
+        let test_url = entry["test_url"].as_str().unwrap_or_default();
         emit!("{id:<24} {active:<7} {url}");
+        emit!("{:<24} {:<7} {test_url}", "", "");
+    }
+    emit!("ACTIVE is the file's flag; `webhook-gateway workflows` shows a running gateway's.");
+    Ok(())
+}
+
+/// Runs a command that needs the running gateway.
+fn ask_gateway(admin: &AdminEndpoint, command: Command) -> Result<(), String> {
+    match command {
+        Command::Workflows { json } => {
+            let answer = call(admin, "GET", "/api/v1/workflows")?;
+            print_workflows(&answer, json);
+        }
+        Command::Activate { workflow_id } => set_active(admin, &workflow_id, true)?,
+        Command::Deactivate { workflow_id } => set_active(admin, &workflow_id, false)?,
+        Command::Samples { workflow_id, clear } => {
+            let path = format!("/api/v1/workflows/{}/samples", encode(&workflow_id));
+            let method = if clear { "DELETE" } else { "GET" };
+            let answer = call(admin, method, &path)?;
+            emit!("{}", pretty(&answer));
+        }
+        Command::Fields { workflow_id, show } => {
+            let path = format!("/api/v1/workflows/{}/fields", encode(&workflow_id));
+            print_fields(&call(admin, "GET", &path)?, show);
+        }
+        Command::Reload => {
+            let answer = call(admin, "POST", "/api/v1/reload")?;
+            emit!("{}", pretty(&answer));
+        }
+        _ => return Err("not a command for a running gateway".into()),
     }
     Ok(())
+}
+
+/// Calls the admin API; a failure answer becomes the command's error, with its details.
+fn call(admin: &AdminEndpoint, method: &str, path: &str) -> Result<Value, String> {
+    let (status, answer) = admin.call(method, path)?;
+    if (200..300).contains(&status) {
+        return Ok(answer);
+    }
+    if let Some(problems) = answer["error"]["reload"]["problems"].as_array() {
+        for problem in problems {
+            let location = problem["location"].as_str().unwrap_or_default();
+            let file = problem["file"].as_str().unwrap_or_default();
+            let message = problem["message"].as_str().unwrap_or_default();
+            eprintln!("{file}: {location}: {message}");
+        }
+    }
+    Err(describe_failure(status, &answer))
+}
+
+fn set_active(admin: &AdminEndpoint, workflow_id: &str, active: bool) -> Result<(), String> {
+    let verb = if active { "activate" } else { "deactivate" };
+    let path = format!("/api/v1/workflows/{}/{verb}", encode(workflow_id));
+    let answer = call(admin, "POST", &path)?;
+    let state = if answer["active"] == true {
+        "active"
+    } else {
+        "inactive"
+    };
+    emit!("{workflow_id} is {state}");
+    Ok(())
+}
+
+/// A workflow id as one path segment. Ids are plain (`a-z0-9-_`), so this only guards
+/// against a mistyped argument turning into another path.
+fn encode(segment: &str) -> String {
+    form_urlencoded::byte_serialize(segment.as_bytes()).collect()
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
+fn print_workflows(answer: &Value, as_json: bool) {
+    if as_json {
+        emit!("{}", pretty(answer));
+        return;
+    }
+    emit!(
+        "{:<24} {:<7} {:>9} {:>8} TEST URL",
+        "ID",
+        "ACTIVE",
+        "REQUESTS",
+        "SAMPLES"
+    );
+    let empty = Vec::new();
+    for workflow in answer["workflows"].as_array().unwrap_or(&empty) {
+        let id = workflow["id"].as_str().unwrap_or_default();
+        let active = if workflow["active"] == true {
+            "yes"
+        } else {
+            "no"
+        };
+        let requests = workflow["counters"]["requests"].as_u64().unwrap_or(0);
+        let samples = workflow["samples"]["count"].as_u64().unwrap_or(0);
+        let test_url = workflow["test_url"].as_str().unwrap_or_default();
+        emit!("{id:<24} {active:<7} {requests:>9} {samples:>8} {test_url}");
+    }
+}
+
+fn print_fields(answer: &Value, show: FieldsView) {
+    match show {
+        FieldsView::Json => emit!("{}", pretty(answer)),
+        FieldsView::Schema => emit!("{}", pretty(&answer["schema"])),
+        FieldsView::Mapping => emit!("{}", answer["mapping"].as_str().unwrap_or_default()),
+        FieldsView::Table => {
+            let samples = answer["samples"].as_u64().unwrap_or(0);
+            emit!("{samples} sample(s)");
+            emit!(
+                "{:<40} {:<20} {:>8}  EXAMPLE",
+                "POINTER",
+                "TYPES",
+                "PRESENT"
+            );
+            let empty = Vec::new();
+            for field in answer["fields"].as_array().unwrap_or(&empty) {
+                let pointer = field["pointer"].as_str().unwrap_or_default();
+                let types: Vec<&str> = field["types"]
+                    .as_array()
+                    .unwrap_or(&empty)
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let present = format!("{}/{samples}", field["present"].as_u64().unwrap_or(0));
+                let example = field
+                    .get("example")
+                    .map(Value::to_string)
+                    .unwrap_or_default();
+                emit!(
+                    "{pointer:<40} {:<20} {present:>8}  {example}",
+                    types.join("|")
+                );
+            }
+        }
+    }
 }
 
 fn generate_key(name: &str) -> Result<(), String> {

@@ -3,21 +3,29 @@
 //! the body, the pipeline, and the answer: a reply built here, 202 for an accepted run, or the
 //! backend's answer relayed for a forwarding workflow.
 //!
+//! A workflow's test URL goes through the same checks and then answers with a trace of the
+//! pipeline instead (`test_url`).
+//!
 //! Scripts run inline on the Pingora worker thread, bounded by the sandbox's operation budget,
 //! memory and wall-clock limits; the thread hands its other connections over while a script
 //! runs. Forwarding uses Pingora's pooled upstream connections directly
 //! rather than the proxy phases: the body must be read whole and validated before anything
 //! is sent, which Pingora's proxy path only supports up to 64 KiB.
 
+mod test_url;
+
+use crate::authoring::samples::{Arrival, SampleSource};
 use crate::config::{ResponseMode, Workflow};
 use crate::error::GatewayError;
 use crate::forward::client::{self, Exchange};
 use crate::forward::{build_request, is_hop_by_hop, RequestIds};
 use crate::http_reply::Reply;
 use crate::pipeline::{self, Prepared, RequestParts};
+use crate::registry::LiveWorkflow;
+use crate::routing::UrlKind;
 use crate::runs::{new_run_id, Job};
 use crate::script::Timing;
-use crate::server::GatewayState;
+use crate::server::{GatewayState, Snapshot};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
@@ -33,6 +41,10 @@ use std::time::{Duration, Instant};
 pub struct RequestContext {
     started: Instant,
     request_id: String,
+    /// The configuration this request is served under, from its first byte to its last.
+    snapshot: Option<Arc<Snapshot>>,
+    live: Option<Arc<LiveWorkflow>>,
+    url_kind: UrlKind,
     workflow_id: Option<String>,
     run_id: Option<String>,
     status: u16,
@@ -65,40 +77,39 @@ impl Edge {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<Answer, GatewayError> {
-        let state = &self.state;
-        let request = session.req_header();
-        let workflow = state
+        let snapshot = ctx.snapshot.clone().ok_or(GatewayError::Internal)?;
+        let routed = snapshot
             .router
-            .route(request.uri.path())
+            .route(session.req_header().uri.path())
             .ok_or(GatewayError::NotFound)?;
-        let workflow = Arc::clone(workflow);
+        let workflow = Arc::clone(routed.workflow);
+        let live = Arc::clone(routed.live);
         ctx.workflow_id = Some(workflow.id.clone());
+        ctx.live = Some(Arc::clone(&live));
+        ctx.url_kind = routed.kind;
 
-        if !workflow.active {
+        if routed.kind == UrlKind::Test {
+            let body = admit(session, &snapshot, &workflow).await?;
+            keep_sample(session, &live, SampleSource::Test, &body);
+            let reply = self.trace(session, &snapshot, &workflow, &body, ctx).await;
+            return Ok(Answer::Reply(reply));
+        }
+
+        if !live.is_active() {
             return Err(GatewayError::WorkflowInactive(workflow.id.clone()));
         }
-        let method = request.method.as_str();
-        if !workflow.allows_method(method) {
-            return Err(GatewayError::MethodNotAllowed {
-                method: method.to_string(),
-                allowed: workflow.methods.join(", "),
-            });
+        let body = admit(session, &snapshot, &workflow).await?;
+        if workflow.sample_production {
+            keep_sample(session, &live, SampleSource::Production, &body);
         }
-        state
-            .config
-            .keys
-            .authenticate(&workflow.key_policy, &request.headers)?;
-        let declared = declared_length(session, workflow.max_body_bytes)?;
 
-        let total_timeout = state.config.server.body_total_timeout;
-        let body = read_body(session, workflow.max_body_bytes, declared, total_timeout).await?;
         let request = session.req_header();
         let parts = RequestParts {
             headers: &request.headers,
             query: request.uri.query(),
             body: &body,
         };
-        let prepared = pipeline::prepare(&workflow, &state.config.limits, &parts)?;
+        let prepared = pipeline::prepare(&workflow, &snapshot.config.limits, &parts)?;
         let caller_method = request.method.to_string();
 
         let run_id = new_run_id();
@@ -107,13 +118,15 @@ impl Edge {
             ResponseMode::Accept => {
                 // A refused run never existed: its id must not reach the caller.
                 ctx.run_id = None;
-                state.runs.submit(Job {
+                self.state.runs.submit(Job {
                     run_id: run_id.clone(),
                     request_id: ctx.request_id.clone(),
                     workflow,
                     prepared,
                     body,
                     caller_method,
+                    engine: Arc::clone(&snapshot.config.engine),
+                    backends: Arc::clone(&snapshot.backends),
                 })?;
                 ctx.run_id = Some(run_id.clone());
                 let accepted = json!({ "run_id": run_id, "status": "accepted" });
@@ -123,12 +136,12 @@ impl Edge {
             }
             ResponseMode::ReturnResults if workflow.forward.is_some() => {
                 let exchange = self
-                    .forward(&workflow, &prepared, &body, &caller_method, ctx)
+                    .forward(&snapshot, &workflow, &prepared, &body, &caller_method, ctx)
                     .await?;
                 Ok(Answer::Relay(Box::new(exchange)))
             }
             ResponseMode::ReturnResults => {
-                let result = run_script(state, &workflow, &prepared, &run_id)?;
+                let result = run_script(&snapshot, &workflow, &prepared, &run_id)?;
                 Ok(Answer::Reply(
                     Reply::json(200, &result).with_header("x-run-id", run_id),
                 ))
@@ -140,22 +153,22 @@ impl Edge {
     /// header.
     async fn forward(
         &self,
+        snapshot: &Snapshot,
         workflow: &Workflow,
         prepared: &Prepared,
         body: &Bytes,
         caller_method: &str,
         ctx: &RequestContext,
     ) -> Result<Exchange, GatewayError> {
-        let state = &self.state;
         let run_id = ctx.run_id.as_deref().unwrap_or_default();
         let forward = workflow.forward.as_ref().ok_or(GatewayError::Internal)?;
-        let pool = state
+        let pool = snapshot
             .backends
             .get(&forward.backend)
             .ok_or(GatewayError::Internal)?;
 
         let script_result = match workflow.script {
-            Some(_) => Some(run_script(state, workflow, prepared, run_id)?),
+            Some(_) => Some(run_script(snapshot, workflow, prepared, run_id)?),
             None => None,
         };
         let ids = RequestIds {
@@ -215,12 +228,12 @@ const INLINE_SLICE: Duration = Duration::from_millis(2);
 /// the start under `block_in_place`, which hands this thread's other connections to the rest
 /// of the runtime, so a slow script delays only its own request.
 fn run_script(
-    state: &GatewayState,
+    snapshot: &Snapshot,
     workflow: &Workflow,
     prepared: &Prepared,
     run_id: &str,
 ) -> Result<serde_json::Value, GatewayError> {
-    let engine = &state.config.engine;
+    let engine = &snapshot.config.engine;
     let started = Instant::now();
     let inline = Timing {
         started,
@@ -281,6 +294,43 @@ fn request_id(session: &Session) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
         });
     offered.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
+}
+
+/// The checks every request to a workflow's URLs passes before its body is used: method,
+/// API key, declared size, then the body itself, capped and timed.
+async fn admit(
+    session: &mut Session,
+    snapshot: &Snapshot,
+    workflow: &Workflow,
+) -> Result<Bytes, GatewayError> {
+    let request = session.req_header();
+    let method = request.method.as_str();
+    if !workflow.allows_method(method) {
+        return Err(GatewayError::MethodNotAllowed {
+            method: method.to_string(),
+            allowed: workflow.methods.join(", "),
+        });
+    }
+    snapshot
+        .config
+        .keys
+        .authenticate(&workflow.key_policy, &request.headers)?;
+    let declared = declared_length(session, workflow.max_body_bytes)?;
+
+    let total_timeout = snapshot.config.server.body_total_timeout;
+    read_body(session, workflow.max_body_bytes, declared, total_timeout).await
+}
+
+/// Keeps an authenticated event as a sample of its workflow.
+fn keep_sample(session: &Session, live: &LiveWorkflow, source: SampleSource, body: &Bytes) {
+    let request = session.req_header();
+    live.samples.record(&Arrival {
+        source,
+        method: request.method.as_str(),
+        headers: &request.headers,
+        query: request.uri.query(),
+        body,
+    });
 }
 
 /// The declared Content-Length, refused with 413 before any byte of the body is read.
@@ -376,6 +426,9 @@ impl ProxyHttp for Edge {
         RequestContext {
             started: Instant::now(),
             request_id: String::new(),
+            snapshot: None,
+            live: None,
+            url_kind: UrlKind::Production,
             workflow_id: None,
             run_id: None,
             status: 0,
@@ -389,12 +442,14 @@ impl ProxyHttp for Edge {
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
         ctx.request_id = request_id(session);
+        let snapshot = self.state.snapshot();
         // Answer pipelined requests in order instead of closing after the first (RFC 9112 §9.3.2).
         session.set_pipelining_enabled(true);
         // Pingora keeps idle HTTP/1.1 connections open forever unless told otherwise.
-        let server = &self.state.config.server;
+        let server = &snapshot.config.server;
         session.set_keepalive(Some(server.idle_timeout.as_secs()));
         session.set_read_timeout(Some(server.body_read_timeout));
+        ctx.snapshot = Some(snapshot);
         Ok(())
     }
 
@@ -439,12 +494,17 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {
+        if let Some(live) = &ctx.live {
+            live.counters
+                .record(ctx.status, ctx.url_kind == UrlKind::Test);
+        }
         let client = session
             .client_addr()
             .map(ToString::to_string)
             .unwrap_or_default();
         tracing::info!(
             workflow.id = ctx.workflow_id.as_deref().unwrap_or("-"),
+            url.kind = if ctx.url_kind == UrlKind::Test { "test" } else { "production" },
             run.id = ctx.run_id.as_deref().unwrap_or("-"),
             request.id = %ctx.request_id,
             http.method = %session.req_header().method,

@@ -1,0 +1,349 @@
+//! Samples: the last events that reached a workflow, kept so an author can see what a sender
+//! really sends and discover its fields.
+//!
+//! Bounded three ways: events per workflow, body bytes per event, and body bytes over every
+//! workflow (a shared budget; a workflow that needs room gives up its own oldest events).
+//! Credentials never enter a sample: headers and query parameters that carry keys,
+//! signatures, tokens or cookies are replaced before the sample is stored.
+
+use crate::config::SampleSettings;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::HeaderMap;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// What stands in for a secret value.
+pub const REDACTED: &str = "[redacted]";
+
+/// Header names that always carry credentials.
+const SECRET_HEADERS: [&str; 6] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+];
+
+/// Parts of a header or parameter name that mark its value as a credential.
+const SECRET_NAME_PARTS: [&str; 9] = [
+    "signature",
+    "secret",
+    "token",
+    "password",
+    "passwd",
+    "apikey",
+    "api_key",
+    "api-key",
+    "auth",
+];
+
+/// Whether a header or query parameter with this name carries a credential.
+pub fn is_secret_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    SECRET_HEADERS.contains(&lower.as_str())
+        || SECRET_NAME_PARTS.iter().any(|part| lower.contains(part))
+        || matches!(lower.as_str(), "key" | "sig" | "code" | "hmac")
+        || lower.ends_with("-hmac-sha256")
+}
+
+/// Which URL an event came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SampleSource {
+    Test,
+    Production,
+}
+
+/// One kept event, secrets redacted.
+#[derive(Debug, Serialize)]
+pub struct Sample {
+    pub id: String,
+    pub received_at: String,
+    pub source: SampleSource,
+    pub method: String,
+    pub headers: Map<String, Value>,
+    pub query: Map<String, Value>,
+    pub body_bytes: usize,
+    pub body_truncated: bool,
+    /// `utf8` when the kept body is text, otherwise `base64`.
+    pub body_encoding: &'static str,
+    pub body: String,
+    /// The kept bytes, for field discovery.
+    #[serde(skip)]
+    pub raw: Bytes,
+}
+
+/// What a request brings that a sample keeps.
+pub struct Arrival<'a> {
+    pub source: SampleSource,
+    pub method: &'a str,
+    pub headers: &'a HeaderMap,
+    pub query: Option<&'a str>,
+    pub body: &'a Bytes,
+}
+
+impl Sample {
+    fn new(arrival: &Arrival<'_>, max_body_bytes: usize) -> Self {
+        let body_bytes = arrival.body.len();
+        let raw = arrival.body.slice(..body_bytes.min(max_body_bytes));
+        let (body_encoding, body) = match std::str::from_utf8(&raw) {
+            Ok(text) => ("utf8", text.to_string()),
+            Err(_) => (
+                "base64",
+                base64::engine::general_purpose::STANDARD.encode(&raw),
+            ),
+        };
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            received_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            source: arrival.source,
+            method: arrival.method.to_string(),
+            headers: redacted_headers(arrival.headers),
+            query: redacted_query(arrival.query),
+            body_bytes,
+            body_truncated: raw.len() < body_bytes,
+            body_encoding,
+            body,
+            raw,
+        }
+    }
+
+    /// Bytes this sample holds against the budget.
+    fn cost(&self) -> usize {
+        self.raw.len() + self.body.len()
+    }
+}
+
+/// Headers as text, repeated ones joined, credentials replaced.
+pub fn redacted_headers(headers: &HeaderMap) -> Map<String, Value> {
+    let mut map = Map::new();
+    for name in headers.keys() {
+        let value = if is_secret_name(name.as_str()) {
+            REDACTED.to_string()
+        } else {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        map.insert(name.as_str().to_string(), Value::String(value));
+    }
+    map
+}
+
+/// Query parameters (the first of each name), credentials replaced.
+pub fn redacted_query(query: Option<&str>) -> Map<String, Value> {
+    let mut map = Map::new();
+    for (name, value) in crate::pipeline::parse_query(query) {
+        let value = if is_secret_name(&name) {
+            REDACTED.to_string()
+        } else {
+            value
+        };
+        map.entry(name).or_insert(Value::String(value));
+    }
+    map
+}
+
+/// Body bytes held by samples over every workflow.
+pub struct SampleBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl SampleBudget {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    fn try_take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// The last samples of one workflow, newest last.
+pub struct SampleRing {
+    settings: Mutex<SampleSettings>,
+    samples: Mutex<VecDeque<Arc<Sample>>>,
+    budget: Arc<SampleBudget>,
+}
+
+impl SampleRing {
+    pub fn new(settings: SampleSettings, budget: Arc<SampleBudget>) -> Self {
+        Self {
+            settings: Mutex::new(settings),
+            samples: Mutex::new(VecDeque::new()),
+            budget,
+        }
+    }
+
+    /// Keeps an event, making room by dropping this workflow's oldest. Returns false when
+    /// samples are off or the shared budget has no room even after that.
+    pub fn record(&self, arrival: &Arrival<'_>) -> bool {
+        let settings = *lock(&self.settings);
+        if settings.per_workflow == 0 {
+            return false;
+        }
+        let sample = Sample::new(arrival, settings.max_body_bytes);
+        let cost = sample.cost();
+
+        let mut samples = lock(&self.samples);
+        while samples.len() >= settings.per_workflow {
+            self.drop_oldest(&mut samples);
+        }
+        while !self.budget.try_take(cost) {
+            if samples.is_empty() {
+                tracing::warn!(
+                    sample.bytes = cost,
+                    "sample not kept: the sample budget is full"
+                );
+                return false;
+            }
+            self.drop_oldest(&mut samples);
+        }
+        samples.push_back(Arc::new(sample));
+        true
+    }
+
+    /// Newest first.
+    pub fn list(&self) -> Vec<Arc<Sample>> {
+        lock(&self.samples).iter().rev().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.samples).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&self) {
+        let mut samples = lock(&self.samples);
+        while !samples.is_empty() {
+            self.drop_oldest(&mut samples);
+        }
+    }
+
+    /// Applies new limits; extra samples go, oldest first.
+    pub fn resize(&self, settings: SampleSettings) {
+        *lock(&self.settings) = settings;
+        let mut samples = lock(&self.samples);
+        while samples.len() > settings.per_workflow {
+            self.drop_oldest(&mut samples);
+        }
+    }
+
+    fn drop_oldest(&self, samples: &mut VecDeque<Arc<Sample>>) {
+        if let Some(oldest) = samples.pop_front() {
+            self.budget.give_back(oldest.cost());
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(per_workflow: usize, max_body_bytes: usize) -> SampleSettings {
+        SampleSettings {
+            per_workflow,
+            max_body_bytes,
+            max_total_bytes: 1 << 20,
+        }
+    }
+
+    fn arrive(ring: &SampleRing, body: &'static [u8], headers: &HeaderMap) -> bool {
+        ring.record(&Arrival {
+            source: SampleSource::Test,
+            method: "POST",
+            headers,
+            query: Some("api_key=abc&page=2"),
+            body: &Bytes::from_static(body),
+        })
+    }
+
+    #[test]
+    fn keeps_the_newest_within_count_and_redacts_credentials() {
+        let budget = Arc::new(SampleBudget::new(1 << 20));
+        let ring = SampleRing::new(settings(2, 1024), budget);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", "k".parse().unwrap());
+        headers.insert("x-hub-signature-256", "sha256=00".parse().unwrap());
+        headers.insert("x-github-event", "push".parse().unwrap());
+
+        for body in [&b"{\"n\":1}"[..], b"{\"n\":2}", b"{\"n\":3}"] {
+            let body: &'static [u8] = Box::leak(body.to_vec().into_boxed_slice());
+            assert!(arrive(&ring, body, &headers));
+        }
+
+        let kept = ring.list();
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].body, "{\"n\":3}");
+        assert_eq!(kept[1].body, "{\"n\":2}");
+        assert_eq!(kept[0].headers["x-api-key"], REDACTED);
+        assert_eq!(kept[0].headers["x-hub-signature-256"], REDACTED);
+        assert_eq!(kept[0].headers["x-github-event"], "push");
+        assert_eq!(kept[0].query["api_key"], REDACTED);
+        assert_eq!(kept[0].query["page"], "2");
+    }
+
+    #[test]
+    fn long_bodies_are_cut_and_binary_bodies_encoded() {
+        let ring = SampleRing::new(settings(5, 4), Arc::new(SampleBudget::new(1 << 20)));
+        assert!(arrive(&ring, b"abcdefgh", &HeaderMap::new()));
+        assert!(arrive(&ring, b"\xff\xfe", &HeaderMap::new()));
+
+        let kept = ring.list();
+        assert_eq!(kept[1].body, "abcd");
+        assert!(kept[1].body_truncated);
+        assert_eq!(kept[1].body_bytes, 8);
+        assert_eq!(kept[0].body_encoding, "base64");
+        assert_eq!(kept[0].body, "//4=");
+    }
+
+    #[test]
+    fn the_shared_budget_evicts_own_oldest_then_refuses() {
+        let budget = Arc::new(SampleBudget::new(40));
+        let first = SampleRing::new(settings(10, 1024), Arc::clone(&budget));
+        let second = SampleRing::new(settings(10, 1024), Arc::clone(&budget));
+
+        assert!(arrive(&first, b"0123456789", &HeaderMap::new()));
+        assert!(arrive(&second, b"0123456789", &HeaderMap::new()));
+        // The budget is full; the second ring can only make room from its own samples.
+        assert!(arrive(&second, b"abcdefghij", &HeaderMap::new()));
+        assert_eq!(first.len(), 1);
+        assert_eq!(second.list()[0].body, "abcdefghij");
+        assert_eq!(second.len(), 1);
+
+        let third = SampleRing::new(settings(10, 1024), Arc::clone(&budget));
+        assert!(!arrive(&third, b"0123456789", &HeaderMap::new()));
+        first.clear();
+        assert!(arrive(&third, b"0123456789", &HeaderMap::new()));
+    }
+}

@@ -1,0 +1,282 @@
+//! Test URLs: the whole pipeline for an authenticated event, even for an inactive workflow,
+//! answered with a trace instead of the workflow's result.
+//!
+//! Nothing goes to a backend unless the request carries `X-Test-Forward: true`; the author
+//! decides when a test event may reach a real service. The answer's status is the one the
+//! production URL would give (200 when everything passed), so a sender's "test delivery"
+//! button shows the same outcome as a real delivery would.
+
+use super::{Edge, RequestContext};
+use crate::authoring::fields::{discover, DiscoveryLimits};
+use crate::authoring::samples::{redacted_headers, redacted_query};
+use crate::authoring::trace::{elapsed_ms, Trace};
+use crate::config::{ResponseMode, Workflow};
+use crate::error::GatewayError;
+use crate::forward::client;
+use crate::forward::{build_request, RequestIds};
+use crate::http_reply::Reply;
+use crate::pipeline::{self, Prepared, RequestParts};
+use crate::runs::new_run_id;
+use crate::server::Snapshot;
+use bytes::Bytes;
+use pingora::proxy::Session;
+use serde_json::{json, Map, Value};
+use std::time::Instant;
+
+/// The header that lets a test event reach the workflow's backend.
+pub const FORWARD_HEADER: &str = "x-test-forward";
+
+/// Most bytes of a backend's answer shown in a trace.
+const SHOWN_ANSWER_BYTES: usize = 64 * 1024;
+
+/// What a forwarded test event is built from.
+struct Sent<'a> {
+    prepared: &'a Prepared,
+    body: &'a Bytes,
+    caller_method: &'a str,
+    script_result: Option<&'a Value>,
+}
+
+impl Edge {
+    /// Runs the pipeline step by step and answers with the trace.
+    pub(super) async fn trace(
+        &self,
+        session: &Session,
+        snapshot: &Snapshot,
+        workflow: &Workflow,
+        body: &Bytes,
+        ctx: &mut RequestContext,
+    ) -> Reply {
+        let run_id = new_run_id();
+        ctx.run_id = Some(run_id.clone());
+        let request = session.req_header();
+        let parts = RequestParts {
+            headers: &request.headers,
+            query: request.uri.query(),
+            body,
+        };
+        let mut trace = Trace::new();
+        let active = ctx.live.as_ref().is_some_and(|live| live.is_active());
+        let mut extra = received(session, workflow, active, body.len());
+
+        let prepared = prepare_traced(&mut trace, snapshot, workflow, &parts, &mut extra);
+        let result = match &prepared {
+            Some(prepared) => script_traced(&mut trace, snapshot, workflow, prepared, &run_id),
+            None => None,
+        };
+        if let (Some(prepared), Some(result)) = (&prepared, &result) {
+            let script_result = workflow.script.as_ref().map(|_| result);
+            let sent = Sent {
+                prepared,
+                body,
+                caller_method: request.method.as_str(),
+                script_result,
+            };
+            let forwarded = self
+                .forward_traced(&mut trace, snapshot, workflow, &sent, ctx)
+                .await;
+            extra.insert("result".into(), forwarded.unwrap_or_else(|| result.clone()));
+        }
+        trace.skip_rest("an earlier step failed");
+
+        let status = trace.status();
+        extra.insert("run_id".into(), json!(run_id));
+        let value = trace.finish(extra);
+        Reply::json(status, &value).with_header("x-run-id", run_id)
+    }
+
+    /// Sends the run to the backend when the author asked for it, and shows the answer.
+    async fn forward_traced(
+        &self,
+        trace: &mut Trace,
+        snapshot: &Snapshot,
+        workflow: &Workflow,
+        sent: &Sent<'_>,
+        ctx: &RequestContext,
+    ) -> Option<Value> {
+        let Some(forward) = &workflow.forward else {
+            trace.skip("forward", "the workflow does not forward");
+            return None;
+        };
+        if !forward_requested(sent.prepared) {
+            trace.skip(
+                "forward",
+                "test events reach no backend unless sent with X-Test-Forward: true",
+            );
+            return None;
+        }
+
+        let started = Instant::now();
+        let ids = RequestIds {
+            run_id: ctx.run_id.as_deref().unwrap_or_default(),
+            workflow_id: &workflow.id,
+            request_id: &ctx.request_id,
+        };
+        let request = build_request(
+            forward,
+            sent.caller_method,
+            sent.prepared,
+            sent.body,
+            sent.script_result,
+            &ids,
+        );
+        let answer = self
+            .exchange_whole(snapshot, &forward.backend, &request)
+            .await;
+
+        match answer {
+            Ok(answer) => {
+                let mut step = Map::new();
+                step.insert("outcome".into(), json!("ok"));
+                step.insert("output".into(), answer.clone());
+                trace.record("forward", step, elapsed_ms(started));
+                Some(answer)
+            }
+            Err(error) => {
+                trace.fail("forward", &error, None, elapsed_ms(started));
+                None
+            }
+        }
+    }
+
+    async fn exchange_whole(
+        &self,
+        snapshot: &Snapshot,
+        backend: &str,
+        request: &client::UpstreamRequest,
+    ) -> Result<Value, GatewayError> {
+        let pool = snapshot
+            .backends
+            .get(backend)
+            .ok_or(GatewayError::Internal)?;
+        let to_gateway_error = |error: client::ForwardError| error.into_gateway_error(backend);
+        let work = async {
+            let mut exchange = client::start(&self.connector, pool, request).await?;
+            let status = exchange.status();
+            let (answer, truncated) = client::read_all(&mut exchange, SHOWN_ANSWER_BYTES).await?;
+            exchange.finish(&self.connector).await;
+            Ok((status, answer, truncated))
+        };
+        let (status, answer, truncated) =
+            client::within(pool.settings.total_timeout, "whole answer", work)
+                .await
+                .map_err(to_gateway_error)?;
+
+        let body = serde_json::from_slice::<Value>(&answer)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer).into_owned()));
+        Ok(
+            json!({ "backend": backend, "status": status, "body": body, "body_truncated": truncated }),
+        )
+    }
+}
+
+/// Decode, schema and mapping, each a step of the trace.
+fn prepare_traced(
+    trace: &mut Trace,
+    snapshot: &Snapshot,
+    workflow: &Workflow,
+    parts: &RequestParts<'_>,
+    extra: &mut Map<String, Value>,
+) -> Option<Prepared> {
+    let limits = &snapshot.config.limits;
+    let event = trace.step("decode", || pipeline::decode(parts, limits, true), |_| None)?;
+    let fields = discover(std::slice::from_ref(&event), &DiscoveryLimits::default()).fields;
+    extra.insert("fields".into(), json!(fields));
+    extra.insert("event".into(), event.clone());
+
+    if workflow.schema.is_some() {
+        trace.step("schema", || pipeline::validate(workflow, &event), |_| None)?;
+    } else {
+        trace.skip("schema", "the workflow has no schema");
+    }
+
+    let prepared = trace.step(
+        "mapping",
+        || pipeline::map(workflow, event, parts),
+        |prepared| Some(Value::Object(prepared.variables.clone())),
+    )?;
+    extra.insert(
+        "variables".into(),
+        Value::Object(prepared.variables.clone()),
+    );
+    Some(prepared)
+}
+
+/// Runs the script with its output captured. It runs whole, off the worker's other
+/// connections, since a test is for the author, not a race.
+fn script_traced(
+    trace: &mut Trace,
+    snapshot: &Snapshot,
+    workflow: &Workflow,
+    prepared: &Prepared,
+    run_id: &str,
+) -> Option<Value> {
+    if workflow.script.is_none() {
+        trace.skip(
+            "script",
+            "the workflow has no script; its result is the mapped variables",
+        );
+        return Some(Value::Object(prepared.variables.clone()));
+    }
+
+    let started = Instant::now();
+    let engine = &snapshot.config.engine;
+    let ran = tokio::task::block_in_place(|| {
+        pipeline::execute_traced(engine, workflow, prepared, run_id)
+    });
+    let duration_ms = elapsed_ms(started);
+    match ran.outcome {
+        Ok(result) => {
+            let mut step = Map::new();
+            step.insert("outcome".into(), json!("ok"));
+            step.insert("output".into(), result.clone());
+            step.insert("printed".into(), json!(ran.printed));
+            trace.record("script", step, duration_ms);
+            Some(result)
+        }
+        Err(error) => {
+            trace.fail("script", &error, ran.detail, duration_ms);
+            None
+        }
+    }
+}
+
+fn forward_requested(prepared: &Prepared) -> bool {
+    prepared
+        .headers
+        .get(FORWARD_HEADER)
+        .and_then(Value::as_str)
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("true"))
+}
+
+/// What arrived, as the trace shows it: credentials redacted.
+fn received(
+    session: &Session,
+    workflow: &Workflow,
+    active: bool,
+    body_bytes: usize,
+) -> Map<String, Value> {
+    let request = session.req_header();
+    let mut extra = Map::new();
+    extra.insert(
+        "workflow".into(),
+        json!({
+            "id": workflow.id,
+            "active": active,
+            "response": match workflow.response {
+                ResponseMode::ReturnResults => "return_results",
+                ResponseMode::Accept => "accept",
+            },
+        }),
+    );
+    extra.insert(
+        "received".into(),
+        json!({
+            "method": request.method.as_str(),
+            "headers": redacted_headers(&request.headers),
+            "query": redacted_query(request.uri.query()),
+            "body_bytes": body_bytes,
+        }),
+    );
+    extra
+}

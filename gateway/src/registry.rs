@@ -1,0 +1,251 @@
+//! What the gateway knows about each workflow beyond its file, kept across reloads: whether it
+//! is active, its request counters and its samples.
+//!
+//! Activation starts from the workflow file's `active` flag. Turning a workflow on or off
+//! through the admin API records an override in the state folder, so it survives restarts.
+//! The override remembers the file's flag at the time; once the file's flag changes, the
+//! file is the newer word and the override is dropped. The router reads the same flag the
+//! admin API shows, so what the API says is what the URL does.
+
+use crate::authoring::samples::{SampleBudget, SampleRing};
+use crate::config::{SampleSettings, Workflow};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const ACTIVATION_FILE: &str = "activation.json";
+
+/// One workflow's live state.
+pub struct LiveWorkflow {
+    active: AtomicBool,
+    pub counters: Counters,
+    pub samples: SampleRing,
+}
+
+impl LiveWorkflow {
+    fn new(active: bool, samples: SampleRing) -> Self {
+        Self {
+            active: AtomicBool::new(active),
+            counters: Counters::default(),
+            samples,
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+}
+
+/// Requests that reached a workflow's URLs, by status class.
+#[derive(Default)]
+pub struct Counters {
+    requests: AtomicU64,
+    by_class: [AtomicU64; 5],
+    test_requests: AtomicU64,
+    last_request_ms: AtomicU64,
+}
+
+impl Counters {
+    /// Counts one answered request.
+    pub fn record(&self, status: u16, test: bool) {
+        let counter = if test {
+            &self.test_requests
+        } else {
+            &self.requests
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(class) = (status / 100).checked_sub(1).map(usize::from) {
+            if let Some(slot) = self.by_class.get(class) {
+                slot.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        self.last_request_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let class = |index: usize| self.by_class[index].load(Ordering::Relaxed);
+        let last = self.last_request_ms.load(Ordering::Relaxed);
+        let last_request_at = (last > 0).then(|| {
+            let at = UNIX_EPOCH + std::time::Duration::from_millis(last);
+            humantime::format_rfc3339_millis(at).to_string()
+        });
+        serde_json::json!({
+            "requests": self.requests.load(Ordering::Relaxed),
+            "test_requests": self.test_requests.load(Ordering::Relaxed),
+            "by_status_class": {
+                "1xx": class(0), "2xx": class(1), "3xx": class(2), "4xx": class(3), "5xx": class(4)
+            },
+            "last_request_at": last_request_at,
+        })
+    }
+}
+
+/// An activation set through the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Override {
+    active: bool,
+    /// The workflow file's own flag when the override was made.
+    file_active: bool,
+}
+
+/// Where a workflow's activation comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationSource {
+    File,
+    Override,
+}
+
+/// Every workflow's live state, by id.
+pub struct Registry {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+    budget: Arc<SampleBudget>,
+}
+
+struct Inner {
+    live: HashMap<String, Arc<LiveWorkflow>>,
+    overrides: BTreeMap<String, Override>,
+    samples: SampleSettings,
+}
+
+impl Registry {
+    /// Reads the activation overrides kept in `state_dir`. A file that cannot be read is an
+    /// error: starting without it would silently switch workflows back on or off.
+    pub fn open(state_dir: &Path, samples: SampleSettings) -> Result<Self, String> {
+        let path = state_dir.join(ACTIVATION_FILE);
+        let overrides = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|error| format!("{} is not valid: {error}", path.display()))?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+        };
+        let inner = Inner {
+            live: HashMap::new(),
+            overrides,
+            samples,
+        };
+        Ok(Self {
+            path,
+            inner: Mutex::new(inner),
+            budget: Arc::new(SampleBudget::new(samples.max_total_bytes)),
+        })
+    }
+
+    /// Brings the registry in line with a newly loaded set of workflows and returns each
+    /// one's live state. Workflows that are gone lose their state; overrides the file has
+    /// since contradicted are dropped.
+    pub fn sync(
+        &self,
+        workflows: &[Arc<Workflow>],
+        samples: SampleSettings,
+    ) -> HashMap<String, Arc<LiveWorkflow>> {
+        let mut inner = self.lock();
+        inner.samples = samples;
+        let before = inner.overrides.clone();
+        inner.overrides.retain(|id, kept| {
+            workflows
+                .iter()
+                .any(|workflow| &workflow.id == id && workflow.active == kept.file_active)
+        });
+        if inner.overrides != before {
+            if let Err(error) = self.persist(&inner.overrides) {
+                tracing::warn!(error = %error, "cannot save workflow activation");
+            }
+        }
+
+        let mut live = HashMap::with_capacity(workflows.len());
+        for workflow in workflows {
+            let active = inner
+                .overrides
+                .get(&workflow.id)
+                .map_or(workflow.active, |kept| kept.active);
+            let entry = inner.live.get(&workflow.id).cloned().unwrap_or_else(|| {
+                let ring = SampleRing::new(samples, Arc::clone(&self.budget));
+                Arc::new(LiveWorkflow::new(active, ring))
+            });
+            entry.active.store(active, Ordering::Release);
+            entry.samples.resize(samples);
+            live.insert(workflow.id.clone(), entry);
+        }
+        for (id, gone) in &inner.live {
+            if !live.contains_key(id) {
+                gone.samples.clear();
+            }
+        }
+        inner.live = live.clone();
+        live
+    }
+
+    /// Turns a workflow on or off and saves the choice. Nothing changes when it cannot be
+    /// saved, so the gateway never serves a state it would forget on restart.
+    pub fn set_active(&self, workflow: &Workflow, active: bool) -> Result<(), String> {
+        let mut inner = self.lock();
+        let Some(entry) = inner.live.get(&workflow.id).cloned() else {
+            return Err(format!("workflow {} is not loaded", workflow.id));
+        };
+
+        let mut overrides = inner.overrides.clone();
+        if active == workflow.active {
+            overrides.remove(&workflow.id);
+        } else {
+            let kept = Override {
+                active,
+                file_active: workflow.active,
+            };
+            overrides.insert(workflow.id.clone(), kept);
+        }
+        self.persist(&overrides)?;
+
+        inner.overrides = overrides;
+        entry.active.store(active, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether a workflow's activation is its file's or an override.
+    pub fn source_of(&self, workflow_id: &str) -> ActivationSource {
+        if self.lock().overrides.contains_key(workflow_id) {
+            ActivationSource::Override
+        } else {
+            ActivationSource::File
+        }
+    }
+
+    pub fn get(&self, workflow_id: &str) -> Option<Arc<LiveWorkflow>> {
+        self.lock().live.get(workflow_id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-written: every change
+        // is a whole-value assignment, so the data is still usable.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes the overrides beside their final name, syncs, then renames over it, so a crash
+    /// leaves either the old file or the new one.
+    fn persist(&self, overrides: &BTreeMap<String, Override>) -> Result<(), String> {
+        let describe = |error: std::io::Error| format!("{}: {error}", self.path.display());
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(describe)?;
+
+        let staged = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(overrides).unwrap_or_default();
+        let mut file = std::fs::File::create(&staged).map_err(describe)?;
+        file.write_all(&bytes).map_err(describe)?;
+        file.sync_all().map_err(describe)?;
+        std::fs::rename(&staged, &self.path).map_err(describe)?;
+        if let Ok(folder) = std::fs::File::open(dir) {
+            let _ = folder.sync_all();
+        }
+        Ok(())
+    }
+}
