@@ -5,9 +5,11 @@ mod support;
 
 mod admin_and_runs;
 mod auth;
+mod authoring;
 mod cli;
 mod examples;
 mod forward;
 mod hardening;
 mod mapping_and_scripts;
 mod payload;
+mod reload_and_activation;

@@ -80,6 +80,8 @@ pub struct Gateway {
     state: tempfile::TempDir,
     log_path: PathBuf,
     extra_env: Vec<(String, String)>,
+    args: Vec<String>,
+    admin: bool,
     // Keeps a custom configuration folder alive as long as the process.
     _config_dir: Option<ConfigDir>,
 }
@@ -174,6 +176,8 @@ impl Gateway {
                 state: tempfile::tempdir().unwrap(),
                 log_path,
                 extra_env: start.env.clone(),
+                args: start.args.clone(),
+                admin: start.admin,
                 _config_dir: None,
             };
             match gateway.wait_ready(start.admin) {
@@ -187,6 +191,66 @@ impl Gateway {
             }
         }
         panic!("gateway could not find free ports");
+    }
+
+    /// Kills the process and starts it again on the same configuration and state folder,
+    /// on fresh ports.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let start = Start {
+            config: self.config.clone(),
+            config_dir: None,
+            admin: self.admin,
+            env: self.extra_env.clone(),
+            args: self.args.clone(),
+        };
+        for _ in 0..5 {
+            let (port, admin_port) = (free_port(), free_port());
+            let log_path = self.state.path().join(format!("gateway-{port}.log"));
+            self.child = spawn(
+                &start,
+                &self.state,
+                &self.admin_token,
+                port,
+                admin_port,
+                &log_path,
+            );
+            (self.port, self.admin_port, self.log_path) = (port, admin_port, log_path);
+            match self.wait_ready(start.admin) {
+                Ok(()) => return,
+                Err(log) if log.contains("cannot listen") => continue,
+                Err(log) => panic!("gateway did not restart:\n{log}"),
+            }
+        }
+        panic!("gateway could not find free ports to restart on");
+    }
+
+    /// The folder holding `gateway.yaml`, for tests that edit the configuration.
+    pub fn config_dir(&self) -> PathBuf {
+        self.config.parent().unwrap().to_path_buf()
+    }
+
+    /// Runs a CLI command that talks to this running gateway's admin API.
+    pub fn remote(&self, args: &[&str]) -> Output {
+        let admin_url = format!("http://127.0.0.1:{}", self.admin_port);
+        let mut all = args.to_vec();
+        all.extend(["--admin-url", admin_url.as_str()]);
+        self.cli(&all)
+    }
+
+    /// The path (with token) of a workflow's test URL.
+    pub fn test_path(&self, workflow_id: &str) -> String {
+        let url = self.urls()[workflow_id]["test_url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let after_scheme = url.split_once("://").unwrap().1;
+        after_scheme[after_scheme.find('/').unwrap()..].to_string()
+    }
+
+    pub fn admin_send(&self, method: &str, path: &str) -> Response {
+        send(self.admin_port, &self.admin_request(method, path))
     }
 
     fn wait_ready(&mut self, admin: bool) -> Result<(), String> {

@@ -49,12 +49,13 @@ pub fn response_name(mode: ResponseMode) -> &'static str {
     }
 }
 
-/// Fields discovered over a workflow's samples. Samples whose body was cut, or is not JSON,
-/// are counted and left out.
+/// Fields discovered over a workflow's samples (given newest first), read oldest first so
+/// fields and examples appear in the order they arrived. Samples whose body was cut, or is
+/// not JSON, are counted and left out.
 pub fn fields(workflow_id: &str, samples: &[Arc<Sample>], limits: &Limits) -> Value {
     let mut events = Vec::with_capacity(samples.len());
     let mut skipped = 0;
-    for sample in samples {
+    for sample in samples.iter().rev() {
         let parsed = (!sample.body_truncated)
             .then(|| crate::payload::parse_json(&sample.raw, limits.max_json_depth).ok())
             .flatten();

@@ -49,6 +49,20 @@ pub struct RequestContext {
     run_id: Option<String>,
     status: u16,
     error_code: Option<&'static str>,
+    /// Whether the workflow's counters have this request yet.
+    counted: bool,
+}
+
+impl RequestContext {
+    /// Counts the request against its workflow once its status is known, before the answer
+    /// goes out, so that anyone who has the answer also sees it counted.
+    fn count(&mut self) {
+        if let (Some(live), false) = (&self.live, self.counted) {
+            live.counters
+                .record(self.status, self.url_kind == UrlKind::Test);
+            self.counted = true;
+        }
+    }
 }
 
 /// How a request is answered: a reply built here, or a backend's answer relayed as it arrives.
@@ -198,6 +212,7 @@ impl Edge {
         ctx: &mut RequestContext,
     ) -> pingora::Result<()> {
         ctx.status = exchange.status();
+        ctx.count();
         let header = relayed_header(&exchange, ctx)?;
         session
             .write_response_header(Box::new(header), false)
@@ -433,6 +448,7 @@ impl ProxyHttp for Edge {
             run_id: None,
             status: 0,
             error_code: None,
+            counted: false,
         }
     }
 
@@ -470,6 +486,7 @@ impl ProxyHttp for Edge {
             }
         };
         ctx.status = reply.status;
+        ctx.count();
         let reply = reply.with_header("x-request-id", ctx.request_id.clone());
         send(session, reply).await?;
         Ok(true)
@@ -494,10 +511,7 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {
-        if let Some(live) = &ctx.live {
-            live.counters
-                .record(ctx.status, ctx.url_kind == UrlKind::Test);
-        }
+        ctx.count();
         let client = session
             .client_addr()
             .map(ToString::to_string)
