@@ -33,6 +33,15 @@ pub enum Trigger {
     Api,
 }
 
+impl Trigger {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Watch => "watch",
+            Self::Api => "api",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -158,9 +167,9 @@ fn log(report: &ReloadReport) {
     match report.outcome {
         Outcome::Applied => tracing::info!(
             config.version = report.config_version,
-            reload.trigger = ?report.trigger,
+            reload.trigger = report.trigger.name(),
             workflows = report.workflows,
-            restart_required = ?report.restart_required,
+            reload.restart_required = %report.restart_required.join(","),
             "configuration reloaded"
         ),
         Outcome::Refused => {
@@ -174,7 +183,7 @@ fn log(report: &ReloadReport) {
             }
             tracing::warn!(
                 config.version = report.config_version,
-                reload.trigger = ?report.trigger,
+                reload.trigger = report.trigger.name(),
                 problems = report.problems.len(),
                 "reload refused; the running configuration stays in force"
             );
