@@ -342,3 +342,56 @@ fn fields_are_discovered_from_samples_and_the_proposal_loads_as_a_workflow() {
         "{table}"
     );
 }
+
+#[test]
+fn a_kept_sample_replays_through_the_changed_workflow() {
+    let config = format!("{BASE_CONFIG}samples:\n  max_body_bytes: 40\n");
+    let gateway = Gateway::custom(&[
+        ("gateway.yaml", &config),
+        ("workflows/orders.yaml", ORDERS),
+        ("scripts/orders.rhai", ORDERS_SCRIPT),
+    ]);
+    let first = test_post(&gateway, "orders", r#"{"id":"o7","total":5000}"#);
+    assert_eq!(first.status, 500, "the script throws above 1000");
+
+    // The author fixes the script, then tries the same event again without resending it.
+    let fixed = ORDERS_SCRIPT.replace("throw \"too big to handle\"", "print(\"big one\")");
+    std::fs::write(gateway.config_dir().join("scripts/orders.rhai"), fixed).unwrap();
+    assert_eq!(gateway.admin_send("POST", "/api/v1/reload").status, 200);
+
+    let replayed = gateway.admin_send("POST", "/api/v1/workflows/orders/samples/latest/replay");
+    assert_eq!(replayed.status, 200, "{}", replayed.text());
+    let trace = replayed.json();
+    assert_eq!(trace["outcome"], "succeeded", "{trace}");
+    assert_eq!(trace["result"], json!({"order": "o7", "large": true}));
+    assert_eq!(
+        step(&trace, "script")["printed"],
+        json!(["order o7", "big one"])
+    );
+    assert_eq!(step(&trace, "forward")["outcome"], "skipped");
+    assert_eq!(trace["replayed"]["config_version"], 2);
+
+    let sample_id = gateway.admin_get("/api/v1/workflows/orders/samples").json()["samples"][0]
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cli = gateway.remote(&["replay", "orders", "--sample", &sample_id]);
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(printed["replayed"]["sample_id"], sample_id.as_str());
+
+    let long = format!(r#"{{"id":"{}"}}"#, "x".repeat(60));
+    assert_eq!(test_post(&gateway, "orders", &long).status, 200);
+    let cut = gateway.admin_send("POST", "/api/v1/workflows/orders/samples/latest/replay");
+    assert_eq!(
+        (cut.status, cut.error_code()),
+        (409, "sample_truncated".to_string())
+    );
+    let unknown = gateway.admin_send("POST", "/api/v1/workflows/orders/samples/nope/replay");
+    assert_eq!(unknown.error_code(), "sample_not_found");
+}

@@ -344,6 +344,7 @@ fn the_openapi_document_describes_every_endpoint() {
         ("/api/v1/workflows/{id}/samples", "get"),
         ("/api/v1/workflows/{id}/samples", "delete"),
         ("/api/v1/workflows/{id}/fields", "get"),
+        ("/api/v1/workflows/{id}/samples/{sample_id}/replay", "post"),
         ("/api/v1/runs", "get"),
         ("/api/v1/runs/{run_id}", "get"),
         ("/api/v1/config", "get"),
@@ -356,5 +357,5 @@ fn the_openapi_document_describes_every_endpoint() {
             "{method} {path} is not documented"
         );
     }
-    assert_eq!(paths.len(), 13, "no undocumented or stale paths");
+    assert_eq!(paths.len(), 14, "no undocumented or stale paths");
 }

@@ -100,6 +100,12 @@ pub enum GatewayError {
     #[error("no run {0:?} is known")]
     UnknownRun(String),
 
+    #[error("no sample {0:?} is kept for this workflow")]
+    UnknownSample(String),
+
+    #[error("sample {0:?} kept only the start of its body, so it cannot be replayed")]
+    SampleTruncated(String),
+
     #[error("query parameter {name:?} {reason}")]
     InvalidParameter { name: String, reason: String },
 
@@ -126,7 +132,9 @@ impl GatewayError {
             | Self::WorkflowInactive(_)
             | Self::UnknownEndpoint(_)
             | Self::UnknownWorkflow(_)
-            | Self::UnknownRun(_) => 404,
+            | Self::UnknownRun(_)
+            | Self::UnknownSample(_) => 404,
+            Self::SampleTruncated(_) => 409,
             Self::InvalidParameter { .. } => 400,
             Self::StateNotSaved(_) => 500,
             Self::ConfigInvalid { .. } => 422,
@@ -174,6 +182,8 @@ impl GatewayError {
             Self::UnknownEndpoint(_) => "not_found",
             Self::UnknownWorkflow(_) => "workflow_not_found",
             Self::UnknownRun(_) => "run_not_found",
+            Self::UnknownSample(_) => "sample_not_found",
+            Self::SampleTruncated(_) => "sample_truncated",
             Self::InvalidParameter { .. } => "invalid_parameter",
             Self::StateNotSaved(_) => "state_not_saved",
             Self::ConfigInvalid { .. } => "config_invalid",

@@ -85,8 +85,8 @@ pub struct ReloadReport {
 
 /// Loads the configuration again and puts it in force if it is valid.
 pub fn reload(state: &GatewayState, trigger: Trigger) -> ReloadReport {
-    let mut last = state
-        .last_reload
+    let _one_at_a_time = state
+        .reloading
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let current = state.snapshot();
@@ -126,7 +126,10 @@ pub fn reload(state: &GatewayState, trigger: Trigger) -> ReloadReport {
     };
 
     log(&report);
-    *last = Some(report.clone());
+    *state
+        .last_reload
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(report.clone());
     report
 }
 

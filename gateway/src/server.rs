@@ -67,7 +67,9 @@ pub struct GatewayState {
     pub runs: RunPool,
     /// Runs health checks and the configuration watcher's reloads.
     pub control: tokio::runtime::Runtime,
-    /// Held while a reload runs, so two never interleave; keeps the last outcome.
+    /// Held while a reload runs, so two never interleave.
+    pub reloading: Mutex<()>,
+    /// The outcome of the last reload, for the admin API.
     pub last_reload: Mutex<Option<ReloadReport>>,
 }
 
@@ -96,6 +98,7 @@ impl GatewayState {
             registry,
             runs,
             control,
+            reloading: Mutex::new(()),
             last_reload: Mutex::new(None),
         }))
     }

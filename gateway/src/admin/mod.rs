@@ -99,6 +99,10 @@ impl AdminApi {
             ["workflows", id, "samples"] if method == Method::DELETE => self.clear_samples(id),
             ["workflows", id, "samples"] => only_either(method, "GET, DELETE", || self.samples(id)),
             ["workflows", id, "fields"] => only(method, Method::GET, || self.fields(id)),
+            ["workflows", id, "samples", sample_id, "replay"] if method == Method::POST => {
+                self.replay(id, sample_id).await
+            }
+            ["workflows", _, "samples", _, "replay"] => Err(not_allowed(method, "POST")),
             ["runs"] => only(method, Method::GET, || self.runs(call.query)),
             ["runs", run_id] => only(method, Method::GET, || self.run(run_id)),
             ["config"] => only(method, Method::GET, || self.config()),
@@ -183,6 +187,24 @@ impl AdminApi {
         let live = self.live(&workflow.id)?;
         let body = views::fields(&workflow.id, &live.samples.list(), &snapshot.config.limits);
         Ok(Reply::json(200, &body))
+    }
+
+    /// Runs a kept sample through the workflow as it is configured now, as if it had been
+    /// sent to the test URL again, and answers with the trace. Nothing is forwarded. The
+    /// pipeline runs on the control runtime's blocking pool, off the admin thread.
+    async fn replay(&self, id: &str, sample_id: &str) -> Result<Reply, GatewayError> {
+        let snapshot = self.state.snapshot();
+        let workflow = Arc::clone(known_workflow(&snapshot, id)?);
+        let live = self.live(&workflow.id)?;
+        let sample = views::find_sample(&live.samples.list(), sample_id)?;
+
+        let trace = self
+            .state
+            .control
+            .spawn_blocking(move || views::replay(&snapshot, &workflow, &live, &sample))
+            .await
+            .map_err(|_| GatewayError::Internal)?;
+        Ok(Reply::json(200, &trace))
     }
 
     fn runs(&self, query: Option<&str>) -> Result<Reply, GatewayError> {

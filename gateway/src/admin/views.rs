@@ -4,10 +4,13 @@
 use super::{parse_run_state, RUN_STATES};
 use crate::authoring::fields::{discover, DiscoveryLimits};
 use crate::authoring::samples::Sample;
+use crate::authoring::trace::{self, Arrived};
 use crate::config::{Limits, ResponseMode, Workflow};
 use crate::error::GatewayError;
+use crate::registry::LiveWorkflow;
 use crate::runs::RunState;
 use crate::server::{GatewayState, Snapshot};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -70,6 +73,82 @@ pub fn fields(workflow_id: &str, samples: &[Arc<Sample>], limits: &Limits) -> Va
     body["workflow_id"] = json!(workflow_id);
     body["skipped_samples"] = json!(skipped);
     body
+}
+
+/// The sample `sample_id` names (`latest` for the newest), if it can be replayed.
+pub fn find_sample(samples: &[Arc<Sample>], sample_id: &str) -> Result<Arc<Sample>, GatewayError> {
+    let found = if sample_id == "latest" {
+        samples.first()
+    } else {
+        samples.iter().find(|sample| sample.id == sample_id)
+    };
+    let sample = found.ok_or_else(|| GatewayError::UnknownSample(sample_id.to_string()))?;
+    if sample.body_truncated {
+        return Err(GatewayError::SampleTruncated(sample.id.clone()));
+    }
+    Ok(Arc::clone(sample))
+}
+
+/// The trace of a sample run again through the workflow as configured now. Its redacted
+/// headers stay redacted: a mapping that reads one sees `[redacted]`.
+pub fn replay(
+    snapshot: &Snapshot,
+    workflow: &Workflow,
+    live: &LiveWorkflow,
+    sample: &Sample,
+) -> Value {
+    let headers = sample_headers(sample);
+    let query = sample_query(sample);
+    let arrived = Arrived {
+        method: &sample.method,
+        headers: &headers,
+        query: query.as_deref(),
+        body: &sample.raw,
+    };
+    let run_id = crate::runs::new_run_id();
+    let traced = trace::run_steps(
+        &snapshot.config,
+        workflow,
+        live.is_active(),
+        &arrived,
+        &run_id,
+    );
+
+    let mut trace = traced.trace;
+    if traced.result.is_some() {
+        trace.skip("forward", "replays reach no backend");
+    }
+    trace.skip_rest("an earlier step failed");
+    let mut extra = traced.extra;
+    extra.insert("run_id".into(), json!(run_id));
+    extra.insert(
+        "replayed".into(),
+        json!({ "sample_id": sample.id, "received_at": sample.received_at, "config_version": snapshot.version }),
+    );
+    trace.finish(extra)
+}
+
+fn sample_headers(sample: &Sample) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &sample.headers {
+        let name = HeaderName::from_bytes(name.as_bytes());
+        let value = value.as_str().map(HeaderValue::from_str);
+        if let (Ok(name), Some(Ok(value))) = (name, value) {
+            headers.append(name, value);
+        }
+    }
+    headers
+}
+
+fn sample_query(sample: &Sample) -> Option<String> {
+    if sample.query.is_empty() {
+        return None;
+    }
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in &sample.query {
+        query.append_pair(name, value.as_str().unwrap_or_default());
+    }
+    Some(query.finish())
 }
 
 /// `?workflow=<id>&state=<state>&limit=<n>` of `GET /api/v1/runs`.

@@ -1,9 +1,159 @@
-//! The answer of a test URL: what arrived, what each step of the pipeline made of it, and how
-//! long each step took, so an author can see where an event goes wrong without reading logs.
+//! The answer of a test URL or a sample replay: what arrived, what each step of the pipeline
+//! made of it, and how long each step took, so an author can see where an event goes wrong
+//! without reading logs. [`run_steps`] runs decode, schema, mapping and script one by one;
+//! the caller adds the forward step (or says why there is none) and finishes the trace.
 
+use crate::authoring::fields::{discover, DiscoveryLimits};
+use crate::authoring::samples::{redacted_headers, redacted_query};
+use crate::config::{Config, ResponseMode, Workflow};
 use crate::error::GatewayError;
+use crate::pipeline::{self, Prepared, RequestParts};
+use http::HeaderMap;
 use serde_json::{json, Map, Value};
 use std::time::Instant;
+
+/// An event to trace, as it arrived.
+pub struct Arrived<'a> {
+    pub method: &'a str,
+    pub headers: &'a HeaderMap,
+    pub query: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// The trace so far, what it shows besides its steps, and what the steps produced.
+pub struct Traced {
+    pub trace: Trace,
+    /// Workflow, received, fields, event, variables, result.
+    pub extra: Map<String, Value>,
+    pub prepared: Option<Prepared>,
+    /// The script's result, or the variables for a workflow without a script.
+    pub result: Option<Value>,
+}
+
+/// Runs decode, schema, mapping and script as steps of a trace, on this thread.
+pub fn run_steps(
+    config: &Config,
+    workflow: &Workflow,
+    active: bool,
+    arrived: &Arrived<'_>,
+    run_id: &str,
+) -> Traced {
+    let mut trace = Trace::new();
+    let mut extra = received(workflow, active, arrived);
+    let parts = RequestParts {
+        headers: arrived.headers,
+        query: arrived.query,
+        body: arrived.body,
+    };
+
+    let prepared = prepare_steps(&mut trace, config, workflow, &parts, &mut extra);
+    let result = match &prepared {
+        Some(prepared) => script_step(&mut trace, config, workflow, prepared, run_id),
+        None => None,
+    };
+    if let Some(result) = &result {
+        extra.insert("result".into(), result.clone());
+    }
+    Traced {
+        trace,
+        extra,
+        prepared,
+        result,
+    }
+}
+
+/// Decode, schema and mapping, each a step of the trace.
+fn prepare_steps(
+    trace: &mut Trace,
+    config: &Config,
+    workflow: &Workflow,
+    parts: &RequestParts<'_>,
+    extra: &mut Map<String, Value>,
+) -> Option<Prepared> {
+    let limits = &config.limits;
+    let event = trace.step("decode", || pipeline::decode(parts, limits, true), |_| None)?;
+    let fields = discover(std::slice::from_ref(&event), &DiscoveryLimits::default()).fields;
+    extra.insert("fields".into(), json!(fields));
+    extra.insert("event".into(), event.clone());
+
+    if workflow.schema.is_some() {
+        trace.step("schema", || pipeline::validate(workflow, &event), |_| None)?;
+    } else {
+        trace.skip("schema", "the workflow has no schema");
+    }
+
+    let prepared = trace.step(
+        "mapping",
+        || pipeline::map(workflow, event, parts),
+        |prepared| Some(Value::Object(prepared.variables.clone())),
+    )?;
+    extra.insert(
+        "variables".into(),
+        Value::Object(prepared.variables.clone()),
+    );
+    Some(prepared)
+}
+
+/// Runs the script to its end with its output captured.
+fn script_step(
+    trace: &mut Trace,
+    config: &Config,
+    workflow: &Workflow,
+    prepared: &Prepared,
+    run_id: &str,
+) -> Option<Value> {
+    if workflow.script.is_none() {
+        trace.skip(
+            "script",
+            "the workflow has no script; its result is the mapped variables",
+        );
+        return Some(Value::Object(prepared.variables.clone()));
+    }
+
+    let started = Instant::now();
+    let ran = pipeline::execute_traced(&config.engine, workflow, prepared, run_id);
+    let duration_ms = elapsed_ms(started);
+    match ran.outcome {
+        Ok(result) => {
+            let mut step = Map::new();
+            step.insert("outcome".into(), json!("ok"));
+            step.insert("output".into(), result.clone());
+            step.insert("printed".into(), json!(ran.printed));
+            trace.record("script", step, duration_ms);
+            Some(result)
+        }
+        Err(error) => {
+            trace.fail("script", &error, ran.detail, duration_ms);
+            None
+        }
+    }
+}
+
+/// What arrived, as the trace shows it: credentials redacted.
+fn received(workflow: &Workflow, active: bool, arrived: &Arrived<'_>) -> Map<String, Value> {
+    let mut extra = Map::new();
+    extra.insert(
+        "workflow".into(),
+        json!({
+            "id": workflow.id,
+            "active": active,
+            "response": match workflow.response {
+                ResponseMode::ReturnResults => "return_results",
+                ResponseMode::Accept => "accept",
+            },
+        }),
+    );
+    extra.insert(
+        "received".into(),
+        json!({
+            "method": arrived.method,
+            "headers": redacted_headers(arrived.headers),
+            "query": redacted_query(arrived.query),
+            "body_bytes": arrived.body.len(),
+        }),
+    );
+    extra
+}
 
 /// Steps in the order the pipeline runs them.
 pub const STEPS: [&str; 5] = ["decode", "schema", "mapping", "script", "forward"];

@@ -120,6 +120,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         show: FieldsView,
     },
+    /// Run a kept sample through the workflow as configured now, and print the trace.
+    Replay {
+        workflow_id: String,
+        /// The sample's id, from `samples`; the newest by default.
+        #[arg(long, default_value = "latest")]
+        sample: String,
+    },
     /// Make the running gateway load its files again; prints what changed or what is wrong.
     Reload,
 }
@@ -295,6 +302,21 @@ fn ask_gateway(admin: &AdminEndpoint, command: Command) -> Result<(), String> {
         Command::Fields { workflow_id, show } => {
             let path = format!("/api/v1/workflows/{}/fields", encode(&workflow_id));
             print_fields(&call(admin, "GET", &path)?, show);
+        }
+        Command::Replay {
+            workflow_id,
+            sample,
+        } => {
+            let path = format!(
+                "/api/v1/workflows/{}/samples/{}/replay",
+                encode(&workflow_id),
+                encode(&sample)
+            );
+            let trace = call(admin, "POST", &path)?;
+            emit!("{}", pretty(&trace));
+            if trace["outcome"] != "succeeded" {
+                return Err(String::new());
+            }
         }
         Command::Reload => {
             let answer = call(admin, "POST", "/api/v1/reload")?;

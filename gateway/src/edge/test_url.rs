@@ -7,15 +7,13 @@
 //! button shows the same outcome as a real delivery would.
 
 use super::{Edge, RequestContext};
-use crate::authoring::fields::{discover, DiscoveryLimits};
-use crate::authoring::samples::{redacted_headers, redacted_query};
-use crate::authoring::trace::{elapsed_ms, Trace};
-use crate::config::{ResponseMode, Workflow};
+use crate::authoring::trace::{self, elapsed_ms, Arrived, Trace, Traced};
+use crate::config::Workflow;
 use crate::error::GatewayError;
 use crate::forward::client;
 use crate::forward::{build_request, RequestIds};
 use crate::http_reply::Reply;
-use crate::pipeline::{self, Prepared, RequestParts};
+use crate::pipeline::Prepared;
 use crate::runs::new_run_id;
 use crate::server::Snapshot;
 use bytes::Bytes;
@@ -50,20 +48,23 @@ impl Edge {
         let run_id = new_run_id();
         ctx.run_id = Some(run_id.clone());
         let request = session.req_header();
-        let parts = RequestParts {
+        let arrived = Arrived {
+            method: request.method.as_str(),
             headers: &request.headers,
             query: request.uri.query(),
             body,
         };
-        let mut trace = Trace::new();
         let active = ctx.live.as_ref().is_some_and(|live| live.is_active());
-        let mut extra = received(session, workflow, active, body.len());
-
-        let prepared = prepare_traced(&mut trace, snapshot, workflow, &parts, &mut extra);
-        let result = match &prepared {
-            Some(prepared) => script_traced(&mut trace, snapshot, workflow, prepared, &run_id),
-            None => None,
-        };
+        // The script runs whole, off this worker's other connections: a test is for the
+        // author, not a race.
+        let Traced {
+            mut trace,
+            mut extra,
+            prepared,
+            result,
+        } = tokio::task::block_in_place(|| {
+            trace::run_steps(&snapshot.config, workflow, active, &arrived, &run_id)
+        });
         if let (Some(prepared), Some(result)) = (&prepared, &result) {
             let script_result = workflow.script.as_ref().map(|_| result);
             let sent = Sent {
@@ -170,113 +171,10 @@ impl Edge {
     }
 }
 
-/// Decode, schema and mapping, each a step of the trace.
-fn prepare_traced(
-    trace: &mut Trace,
-    snapshot: &Snapshot,
-    workflow: &Workflow,
-    parts: &RequestParts<'_>,
-    extra: &mut Map<String, Value>,
-) -> Option<Prepared> {
-    let limits = &snapshot.config.limits;
-    let event = trace.step("decode", || pipeline::decode(parts, limits, true), |_| None)?;
-    let fields = discover(std::slice::from_ref(&event), &DiscoveryLimits::default()).fields;
-    extra.insert("fields".into(), json!(fields));
-    extra.insert("event".into(), event.clone());
-
-    if workflow.schema.is_some() {
-        trace.step("schema", || pipeline::validate(workflow, &event), |_| None)?;
-    } else {
-        trace.skip("schema", "the workflow has no schema");
-    }
-
-    let prepared = trace.step(
-        "mapping",
-        || pipeline::map(workflow, event, parts),
-        |prepared| Some(Value::Object(prepared.variables.clone())),
-    )?;
-    extra.insert(
-        "variables".into(),
-        Value::Object(prepared.variables.clone()),
-    );
-    Some(prepared)
-}
-
-/// Runs the script with its output captured. It runs whole, off the worker's other
-/// connections, since a test is for the author, not a race.
-fn script_traced(
-    trace: &mut Trace,
-    snapshot: &Snapshot,
-    workflow: &Workflow,
-    prepared: &Prepared,
-    run_id: &str,
-) -> Option<Value> {
-    if workflow.script.is_none() {
-        trace.skip(
-            "script",
-            "the workflow has no script; its result is the mapped variables",
-        );
-        return Some(Value::Object(prepared.variables.clone()));
-    }
-
-    let started = Instant::now();
-    let engine = &snapshot.config.engine;
-    let ran = tokio::task::block_in_place(|| {
-        pipeline::execute_traced(engine, workflow, prepared, run_id)
-    });
-    let duration_ms = elapsed_ms(started);
-    match ran.outcome {
-        Ok(result) => {
-            let mut step = Map::new();
-            step.insert("outcome".into(), json!("ok"));
-            step.insert("output".into(), result.clone());
-            step.insert("printed".into(), json!(ran.printed));
-            trace.record("script", step, duration_ms);
-            Some(result)
-        }
-        Err(error) => {
-            trace.fail("script", &error, ran.detail, duration_ms);
-            None
-        }
-    }
-}
-
 fn forward_requested(prepared: &Prepared) -> bool {
     prepared
         .headers
         .get(FORWARD_HEADER)
         .and_then(Value::as_str)
         .is_some_and(|value| value.trim().eq_ignore_ascii_case("true"))
-}
-
-/// What arrived, as the trace shows it: credentials redacted.
-fn received(
-    session: &Session,
-    workflow: &Workflow,
-    active: bool,
-    body_bytes: usize,
-) -> Map<String, Value> {
-    let request = session.req_header();
-    let mut extra = Map::new();
-    extra.insert(
-        "workflow".into(),
-        json!({
-            "id": workflow.id,
-            "active": active,
-            "response": match workflow.response {
-                ResponseMode::ReturnResults => "return_results",
-                ResponseMode::Accept => "accept",
-            },
-        }),
-    );
-    extra.insert(
-        "received".into(),
-        json!({
-            "method": request.method.as_str(),
-            "headers": redacted_headers(&request.headers),
-            "query": redacted_query(request.uri.query()),
-            "body_bytes": body_bytes,
-        }),
-    );
-    extra
 }
