@@ -241,12 +241,7 @@ impl Gateway {
 
     /// The path (with token) of a workflow's test URL.
     pub fn test_path(&self, workflow_id: &str) -> String {
-        let url = self.urls()[workflow_id]["test_url"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let after_scheme = url.split_once("://").unwrap().1;
-        after_scheme[after_scheme.find('/').unwrap()..].to_string()
+        self.listed_path(workflow_id, "test_url")
     }
 
     pub fn admin_send(&self, method: &str, path: &str) -> Response {
@@ -312,7 +307,12 @@ impl Gateway {
 
     /// The path (with token) of a workflow's URL.
     pub fn path(&self, workflow_id: &str) -> String {
-        let url = self.urls()[workflow_id]["url"]
+        self.listed_path(workflow_id, "url")
+    }
+
+    /// The path part of one of the URLs `urls --json` lists for a workflow.
+    fn listed_path(&self, workflow_id: &str, which: &str) -> String {
+        let url = self.urls()[workflow_id][which]
             .as_str()
             .unwrap()
             .to_string();

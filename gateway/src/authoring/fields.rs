@@ -691,37 +691,7 @@ fn yaml_pointer(pointer: &str) -> String {
         return pointer.to_string();
     }
 
-    let mut quoted = String::with_capacity(pointer.len() + 2);
-    quoted.push('"');
-    for c in pointer.chars() {
-        push_escaped(&mut quoted, c);
-    }
-    quoted.push('"');
-    quoted
-}
-
-fn push_escaped(out: &mut String, c: char) {
-    match c {
-        '"' => out.push_str("\\\""),
-        '\\' => out.push_str("\\\\"),
-        '\n' => out.push_str("\\n"),
-        '\r' => out.push_str("\\r"),
-        '\t' => out.push_str("\\t"),
-        c if must_escape_in_yaml(c) => out.push_str(&format!("\\u{:04X}", u32::from(c))),
-        c => out.push(c),
-    }
-}
-
-/// Characters a YAML document may not hold raw: controls are outside YAML's printable set,
-/// U+2028 and U+2029 are line breaks to YAML 1.1 parsers (libyaml among them) and would be
-/// folded to spaces, U+FEFF is a byte order mark, and U+FFFE and U+FFFF are not characters.
-/// All of them are below U+10000, so `\uXXXX` covers them.
-fn must_escape_in_yaml(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{2028}' | '\u{2029}' | '\u{FEFF}' | '\u{FFFE}' | '\u{FFFF}'
-        )
+    format!("\"{}\"", crate::config::env::escape_double_quoted(pointer))
 }
 
 /// One name per path of unescaped tokens: as short as possible, then made unique.

@@ -148,7 +148,9 @@ fn is_plain_safe(value: &str) -> bool {
         && !value.ends_with(':')
 }
 
-fn escape_double_quoted(value: &str) -> String {
+/// `value` escaped for the inside of a YAML double-quoted scalar, so that YAML reads back
+/// exactly `value`. Also used to write YAML for authors (`authoring::fields`).
+pub(crate) fn escape_double_quoted(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -157,11 +159,23 @@ fn escape_double_quoted(value: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if must_escape_in_yaml(c) => out.push_str(&format!("\\u{:04X}", u32::from(c))),
             c => out.push(c),
         }
     }
     out
+}
+
+/// Characters a YAML document may not hold raw: controls are outside YAML's printable set,
+/// U+2028 and U+2029 are line breaks to YAML 1.1 parsers (libyaml among them) and would be
+/// folded to spaces, U+FEFF is a byte order mark, and U+FFFE and U+FFFF are not characters.
+/// All of them are below U+10000, so `\uXXXX` covers them.
+fn must_escape_in_yaml(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{FEFF}' | '\u{FFFE}' | '\u{FFFF}'
+        )
 }
 
 fn resolve(placeholder: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
