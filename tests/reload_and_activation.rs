@@ -132,6 +132,24 @@ fn a_changed_script_is_picked_up_without_a_restart() {
 }
 
 #[test]
+fn sighup_reloads_when_the_watcher_is_off() {
+    let config = format!("{BASE_CONFIG}reload:\n  watch: false\n");
+    let gateway = Gateway::custom(&[
+        ("gateway.yaml", &config),
+        ("workflows/greet.yaml", GREET),
+        ("scripts/greet.rhai", &script("hello")),
+    ]);
+    write(&gateway, "scripts/greet.rhai", &script("hey"));
+    gateway.signal("HUP");
+    eventually("SIGHUP reloads", || {
+        greet(&gateway).json()["greeting"] == "hey ada"
+    });
+    let config = gateway.admin_get("/api/v1/config").json();
+    assert_eq!(config["last_reload"]["trigger"], "signal");
+    assert_eq!(config["watch"], false);
+}
+
+#[test]
 fn a_new_workflow_file_appears_and_a_removed_one_goes() {
     let gateway = gateway();
     write(&gateway, "workflows/extra.yaml", "id: extra\n");

@@ -113,7 +113,6 @@ pub struct Registry {
 struct Inner {
     live: HashMap<String, Arc<LiveWorkflow>>,
     overrides: BTreeMap<String, Override>,
-    samples: SampleSettings,
 }
 
 impl Registry {
@@ -130,7 +129,6 @@ impl Registry {
         let inner = Inner {
             live: HashMap::new(),
             overrides,
-            samples,
         };
         Ok(Self {
             path,
@@ -148,7 +146,7 @@ impl Registry {
         samples: SampleSettings,
     ) -> HashMap<String, Arc<LiveWorkflow>> {
         let mut inner = self.lock();
-        inner.samples = samples;
+        self.budget.set_limit(samples.max_total_bytes);
         let before = inner.overrides.clone();
         inner.overrides.retain(|id, kept| {
             workflows

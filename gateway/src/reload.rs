@@ -31,6 +31,8 @@ pub enum Trigger {
     Watch,
     /// `POST /api/v1/reload`.
     Api,
+    /// SIGHUP.
+    Signal,
 }
 
 impl Trigger {
@@ -38,6 +40,7 @@ impl Trigger {
         match self {
             Self::Watch => "watch",
             Self::Api => "api",
+            Self::Signal => "signal",
         }
     }
 }
@@ -234,8 +237,10 @@ fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-/// Starts the watcher thread. It holds the state weakly and ends with it.
+/// Starts the watcher thread and the SIGHUP listener. Both hold the state weakly and end
+/// with it.
 pub fn watch(state: &Arc<GatewayState>) {
+    listen_for_hangup(state);
     let weak = Arc::downgrade(state);
     let started = std::thread::Builder::new()
         .name("config-watch".into())
@@ -243,6 +248,29 @@ pub fn watch(state: &Arc<GatewayState>) {
     if let Err(error) = started {
         tracing::warn!(error = %error, "cannot start the configuration watcher");
     }
+}
+
+/// Reloads on SIGHUP, as service managers expect (`systemctl reload`).
+fn listen_for_hangup(state: &Arc<GatewayState>) {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let weak = Arc::downgrade(state);
+    state.control.spawn(async move {
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot listen for SIGHUP; reload through the admin api");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            let Some(state) = weak.upgrade() else {
+                return;
+            };
+            // Loading compiles every script: keep it off the runtime's worker.
+            let _ = tokio::task::spawn_blocking(move || reload(&state, Trigger::Signal)).await;
+        }
+    });
 }
 
 fn watch_loop(state: &Weak<GatewayState>) {

@@ -226,6 +226,17 @@ impl Gateway {
         panic!("gateway could not find free ports to restart on");
     }
 
+    /// Sends a signal (`HUP`, `TERM`, ...) to the gateway process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg("-s")
+            .arg(name)
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
     /// The folder holding `gateway.yaml`, for tests that edit the configuration.
     pub fn config_dir(&self) -> PathBuf {
         self.config.parent().unwrap().to_path_buf()

@@ -155,22 +155,29 @@ pub fn redacted_query(query: Option<&str>) -> Map<String, Value> {
 
 /// Body bytes held by samples over every workflow.
 pub struct SampleBudget {
-    limit: usize,
+    limit: AtomicUsize,
     used: AtomicUsize,
 }
 
 impl SampleBudget {
     pub fn new(limit: usize) -> Self {
         Self {
-            limit,
+            limit: AtomicUsize::new(limit),
             used: AtomicUsize::new(0),
         }
     }
 
+    /// A new limit applies to samples kept from now on; those already kept stay until they
+    /// are pushed out.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Release);
+    }
+
     fn try_take(&self, bytes: usize) -> bool {
+        let limit = self.limit.load(Ordering::Acquire);
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|total| *total <= self.limit)
+                used.checked_add(bytes).filter(|total| *total <= limit)
             })
             .is_ok()
     }
