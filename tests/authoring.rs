@@ -185,7 +185,7 @@ fn test_events_reach_a_backend_only_when_asked() {
         .header("x-api-key", TEST_KEY)
         .header("x-test-forward", "true");
     let wet = gateway.send(&sent);
-    assert_eq!(wet.status, 200, "{}", wet.text());
+    assert_eq!(wet.status, 201, "the backend's status, as production relays it");
     let forward = step(&wet.json(), "forward").clone();
     assert_eq!(forward["output"]["status"], 201);
     assert_eq!(forward["output"]["body"], json!({"stored": true}));
@@ -394,4 +394,145 @@ fn a_kept_sample_replays_through_the_changed_workflow() {
     );
     let unknown = gateway.admin_send("POST", "/api/v1/workflows/orders/samples/nope/replay");
     assert_eq!(unknown.error_code(), "sample_not_found");
+}
+
+#[test]
+fn credentials_under_provider_specific_names_are_redacted_too() {
+    let gateway = gateway();
+    let path = format!(
+        "{}?private_key=pk1&pwd=pw1&session=s1&jwt=j1&page=2",
+        gateway.test_path("orders")
+    );
+    let secrets = [
+        ("paypal-transmission-sig", "sig-value-1"),
+        ("ocp-apim-subscription-key", "apim-value-1"),
+        ("x-jwt", "jwt-value-1"),
+        ("x-passphrase", "pass-value-1"),
+        ("x-credential", "cred-value-1"),
+        ("x-webhook-hmac-sha512", "hmac-value-1"),
+    ];
+    let mut request = Request::post(&path, r#"{"id":"o1"}"#)
+        .header("x-api-key", TEST_KEY)
+        .header("x-github-event", "push");
+    for (name, value) in secrets {
+        request = request.header(name, value);
+    }
+    let trace = gateway.send(&request).json();
+
+    let sample = gateway.admin_get("/api/v1/workflows/orders/samples").json();
+    for shown in [&trace["received"], &sample["samples"][0]] {
+        for (name, _) in secrets {
+            assert_eq!(shown["headers"][name], "[redacted]", "{name}");
+        }
+        for name in ["private_key", "pwd", "session", "jwt"] {
+            assert_eq!(shown["query"][name], "[redacted]", "{name}");
+        }
+        assert_eq!(shown["headers"]["x-github-event"], "push");
+        assert_eq!(shown["query"]["page"], "2");
+    }
+    let everything = format!("{trace}{sample}");
+    for (_, value) in secrets {
+        assert!(!everything.contains(value), "{value} leaked");
+    }
+}
+
+#[test]
+fn a_test_event_answers_the_status_production_would() {
+    let backend = Backend::start(|request, _| match request.path.as_str() {
+        "/in" => Reply::json(404, r#"{"missing":true}"#),
+        _ => Reply::json(200, "{}"),
+    });
+    let config = format!(
+        "{BASE_CONFIG}backends:\n  svc:\n    addresses: [\"{}\"]\n",
+        backend.url()
+    );
+    let gateway = Gateway::custom(&[
+        ("gateway.yaml", &config),
+        ("workflows/relay.yaml", FORWARDING),
+        ("workflows/later.yaml", "id: later\nresponse: accept\n"),
+    ]);
+
+    let relayed = Request::post(&gateway.test_path("relay"), r#"{"n": 1}"#)
+        .header("x-api-key", TEST_KEY)
+        .header("x-test-forward", "true");
+    let answer = gateway.send(&relayed);
+    assert_eq!(answer.status, 404, "production relays the backend's status");
+    let trace = answer.json();
+    assert_eq!(trace["outcome"], "failed");
+    assert_eq!(
+        step(&trace, "forward")["output"]["body"],
+        json!({"missing": true})
+    );
+
+    let accepted = test_post(&gateway, "later", "{}");
+    assert_eq!(accepted.status, 202, "production accepts before running");
+    assert_eq!(accepted.json()["outcome"], "succeeded");
+}
+
+#[test]
+fn a_slow_request_to_a_removed_workflow_leaves_the_sample_budget_whole() {
+    let config = format!("{BASE_CONFIG}samples:\n  max_total_bytes: 100\n");
+    let gateway = Gateway::custom(&[
+        ("gateway.yaml", &config),
+        ("workflows/gone.yaml", "id: gone\n"),
+        ("workflows/stays.yaml", "id: stays\n"),
+    ]);
+    let body = format!(r#"{{"pad":"{}"}}"#, "x".repeat(60));
+    let length = body.len().to_string();
+    let headers = [("x-api-key", TEST_KEY), ("content-length", length.as_str())];
+
+    for _ in 0..3 {
+        let path = gateway.test_path("gone");
+        let mut stream = send_head(gateway.port, &path, &headers);
+        std::fs::rename(
+            gateway.config_dir().join("workflows/gone.yaml"),
+            gateway.config_dir().join("gone.yaml.away"),
+        )
+        .unwrap();
+        assert_eq!(gateway.admin_send("POST", "/api/v1/reload").status, 200);
+        std::io::Write::write_all(&mut stream, body.as_bytes()).unwrap();
+        let answer = read_response(&mut std::io::BufReader::new(stream)).unwrap();
+        assert_eq!(
+            answer.status, 200,
+            "the request finishes on its configuration"
+        );
+        std::fs::rename(
+            gateway.config_dir().join("gone.yaml.away"),
+            gateway.config_dir().join("workflows/gone.yaml"),
+        )
+        .unwrap();
+        assert_eq!(gateway.admin_send("POST", "/api/v1/reload").status, 200);
+    }
+
+    let kept = test_post(&gateway, "stays", &body).json();
+    assert_eq!(kept["sample_kept"], true, "{kept}");
+}
+
+#[test]
+fn a_proposed_schema_with_unusual_keys_loads_from_its_json_file() {
+    let gateway = Gateway::custom(&[("workflows/odd.yaml", "id: odd\n")]);
+    let body = "{\"line\u{2028}break\":1,\"next\u{85}line\":\"x\",\"a/b~c\":true}";
+    assert_eq!(test_post(&gateway, "odd", body).status, 200);
+    let schema = gateway.remote(&["fields", "odd", "--show", "schema"]);
+    let mapping = gateway.remote(&["fields", "odd", "--show", "mapping"]);
+    let dir = gateway.config_dir();
+    std::fs::write(dir.join("workflows/odd.json"), &schema.stdout).unwrap();
+    let workflow = format!(
+        "id: odd\nschema_file: odd.json\n{}",
+        String::from_utf8(mapping.stdout).unwrap()
+    );
+    std::fs::write(dir.join("workflows/odd.yaml"), workflow).unwrap();
+
+    let reload = gateway.admin_send("POST", "/api/v1/reload");
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    let answer = gateway.post_json(&gateway.path("odd"), body);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let values: Vec<Value> = answer
+        .json()
+        .as_object()
+        .unwrap()
+        .values()
+        .cloned()
+        .collect();
+    assert_eq!(values, [json!(1), json!("x"), json!(true)]);
 }

@@ -377,3 +377,41 @@ fn the_openapi_document_describes_every_endpoint() {
     }
     assert_eq!(paths.len(), 14, "no undocumented or stale paths");
 }
+
+#[test]
+fn an_activation_outlives_its_file_being_away_for_a_moment() {
+    let gateway = gateway();
+    assert!(gateway.remote(&["deactivate", "greet"]).status.success());
+    let path = gateway.path("greet");
+    let (file, away) = (
+        gateway.config_dir().join("workflows/greet.yaml"),
+        gateway.config_dir().join("greet.yaml.away"),
+    );
+
+    std::fs::rename(&file, &away).unwrap();
+    assert_eq!(gateway.admin_send("POST", "/api/v1/reload").status, 200);
+    assert_eq!(gateway.admin_get("/api/v1/workflows/greet").status, 404);
+    std::fs::rename(&away, &file).unwrap();
+    assert_eq!(gateway.admin_send("POST", "/api/v1/reload").status, 200);
+
+    let answer = gateway.post_json(&path, r#"{"name":"ada"}"#);
+    assert_eq!(answer.error_code(), "workflow_inactive");
+    assert_eq!(
+        gateway.admin_get("/api/v1/workflows/greet").json()["activation"],
+        "override"
+    );
+}
+
+#[test]
+fn editor_lock_files_do_not_block_a_reload_and_ids_may_be_percent_encoded() {
+    let gateway = gateway();
+    write(&gateway, "workflows/.#greet.yaml", "not: [a workflow");
+    write(&gateway, "scripts/greet.rhai", &script("hallo"));
+    let reload = gateway.admin_send("POST", "/api/v1/reload");
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    assert_eq!(greet(&gateway).json()["greeting"], "hallo ada");
+
+    let encoded = gateway.admin_get("/api/v1/workflows/gr%65et");
+    assert_eq!(encoded.status, 200);
+    assert_eq!(encoded.json()["id"], "greet");
+}

@@ -14,6 +14,32 @@ use subtle::ConstantTimeEq;
 /// A SHA-256 digest of an API key.
 pub type KeyDigest = [u8; 32];
 
+/// Whether a header or query parameter with this name may carry a credential. Providers and
+/// tools invent their own names (`X-Gitlab-Token`, `PayPal-Transmission-Sig`,
+/// `Ocp-Apim-Subscription-Key`, `Cf-Access-Jwt-Assertion`, ...), so names are judged by the
+/// words in them. Erring toward "secret" only hides a value from a sample or keeps a header
+/// from being passed on; erring the other way leaks it.
+pub fn looks_secret(name: &str) -> bool {
+    const WORDS: [&str; 14] = [
+        "token",
+        "secret",
+        "sig",
+        "pass",
+        "pwd",
+        "auth",
+        "key",
+        "hmac",
+        "jwt",
+        "credential",
+        "session",
+        "cookie",
+        "otp",
+        "private",
+    ];
+    let lower = name.to_ascii_lowercase();
+    WORDS.iter().any(|word| lower.contains(word)) || lower == "code"
+}
+
 pub fn digest(key: &str) -> KeyDigest {
     Sha256::digest(key.as_bytes()).into()
 }

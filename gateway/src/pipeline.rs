@@ -11,8 +11,8 @@ use crate::script::{ScriptEngine, ScriptFailure, ScriptInput, Timing};
 use http::HeaderMap;
 use serde_json::{Map, Value};
 
-/// Headers a script never sees: they carry the caller's credentials.
-const HIDDEN_HEADERS: [&str; 4] = [
+/// Headers a script never sees and a mapping cannot read: they carry the caller's credentials.
+pub const HIDDEN_HEADERS: [&str; 4] = [
     "authorization",
     "proxy-authorization",
     "x-api-key",

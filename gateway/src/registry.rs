@@ -138,8 +138,10 @@ impl Registry {
     }
 
     /// Brings the registry in line with a newly loaded set of workflows and returns each
-    /// one's live state. Workflows that are gone lose their state; overrides the file has
-    /// since contradicted are dropped.
+    /// one's live state. Workflows that are gone lose their samples and counters. Overrides
+    /// are dropped only when the workflow's file flag now differs from the one recorded; the
+    /// override of a workflow that is missing is kept, since its file may be away for a
+    /// moment (a checkout, an editor that writes by deleting first).
     pub fn sync(
         &self,
         workflows: &[Arc<Workflow>],
@@ -149,9 +151,11 @@ impl Registry {
         self.budget.set_limit(samples.max_total_bytes);
         let before = inner.overrides.clone();
         inner.overrides.retain(|id, kept| {
-            workflows
+            let file_flag = workflows
                 .iter()
-                .any(|workflow| &workflow.id == id && workflow.active == kept.file_active)
+                .find(|workflow| &workflow.id == id)
+                .map(|workflow| workflow.active);
+            file_flag.is_none_or(|active| active == kept.file_active)
         });
         if inner.overrides != before {
             if let Err(error) = self.persist(&inner.overrides) {
@@ -175,7 +179,7 @@ impl Registry {
         }
         for (id, gone) in &inner.live {
             if !live.contains_key(id) {
-                gone.samples.clear();
+                gone.samples.retire();
             }
         }
         inner.live = live.clone();

@@ -37,8 +37,8 @@ pub struct AdminApi {
 /// One admin request, as the router needs it.
 struct Call<'a> {
     method: &'a Method,
-    /// Path segments after `/api/v1/`.
-    segments: Vec<&'a str>,
+    /// Path segments after `/api/v1/`, percent-decoded.
+    segments: Vec<String>,
     query: Option<&'a str>,
 }
 
@@ -79,7 +79,15 @@ impl AdminApi {
             .ok_or_else(|| GatewayError::UnknownEndpoint(path.to_string()))?;
         let call = Call {
             method: &request.method,
-            segments: rest.trim_end_matches('/').split('/').collect(),
+            segments: rest
+                .trim_end_matches('/')
+                .split('/')
+                .map(|segment| {
+                    percent_encoding::percent_decode_str(segment)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+                .collect(),
             query: request.uri.query(),
         };
         self.route(&call, path).await
@@ -87,7 +95,8 @@ impl AdminApi {
 
     async fn route(&self, call: &Call<'_>, path: &str) -> Result<Reply, GatewayError> {
         let method = call.method;
-        match call.segments.as_slice() {
+        let segments: Vec<&str> = call.segments.iter().map(String::as_str).collect();
+        match segments.as_slice() {
             ["workflows"] => only(method, Method::GET, || self.workflows()),
             ["workflows", id] => only(method, Method::GET, || self.workflow(id)),
             ["workflows", id, "activate"] => {

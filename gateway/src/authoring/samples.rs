@@ -13,43 +13,17 @@ use http::HeaderMap;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 /// What stands in for a secret value.
 pub const REDACTED: &str = "[redacted]";
 
-/// Header names that always carry credentials.
-const SECRET_HEADERS: [&str; 6] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "x-api-key",
-    "api-key",
-];
-
-/// Parts of a header or parameter name that mark its value as a credential.
-const SECRET_NAME_PARTS: [&str; 9] = [
-    "signature",
-    "secret",
-    "token",
-    "password",
-    "passwd",
-    "apikey",
-    "api_key",
-    "api-key",
-    "auth",
-];
-
-/// Whether a header or query parameter with this name carries a credential.
+/// Whether a header or query parameter with this name carries a credential: the same test
+/// the forwarding rules use, so what is never passed on is never shown either.
 pub fn is_secret_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    SECRET_HEADERS.contains(&lower.as_str())
-        || SECRET_NAME_PARTS.iter().any(|part| lower.contains(part))
-        || matches!(lower.as_str(), "key" | "sig" | "code" | "hmac")
-        || lower.ends_with("-hmac-sha256")
+    crate::forward::looks_secret(name)
 }
 
 /// Which URL an event came in on.
@@ -73,10 +47,21 @@ pub struct Sample {
     pub body_truncated: bool,
     /// `utf8` when the kept body is text, otherwise `base64`.
     pub body_encoding: &'static str,
-    pub body: String,
-    /// The kept bytes, for field discovery.
-    #[serde(skip)]
+    /// The kept bytes, shown as `body` in `body_encoding`; held once, as received.
+    #[serde(rename = "body", serialize_with = "body_text")]
     pub raw: Bytes,
+}
+
+fn body_text<S: serde::Serializer>(raw: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&shown_body(raw))
+}
+
+/// A body as text when it is UTF-8, otherwise as base64.
+fn shown_body(raw: &[u8]) -> String {
+    match std::str::from_utf8(raw) {
+        Ok(text) => text.to_string(),
+        Err(_) => base64::engine::general_purpose::STANDARD.encode(raw),
+    }
 }
 
 /// What a request brings that a sample keeps.
@@ -92,12 +77,9 @@ impl Sample {
     fn new(arrival: &Arrival<'_>, max_body_bytes: usize) -> Self {
         let body_bytes = arrival.body.len();
         let raw = arrival.body.slice(..body_bytes.min(max_body_bytes));
-        let (body_encoding, body) = match std::str::from_utf8(&raw) {
-            Ok(text) => ("utf8", text.to_string()),
-            Err(_) => (
-                "base64",
-                base64::engine::general_purpose::STANDARD.encode(&raw),
-            ),
+        let body_encoding = match std::str::from_utf8(&raw) {
+            Ok(_) => "utf8",
+            Err(_) => "base64",
         };
         Self {
             id: uuid::Uuid::now_v7().to_string(),
@@ -109,14 +91,18 @@ impl Sample {
             body_bytes,
             body_truncated: raw.len() < body_bytes,
             body_encoding,
-            body,
             raw,
         }
     }
 
     /// Bytes this sample holds against the budget.
     fn cost(&self) -> usize {
-        self.raw.len() + self.body.len()
+        self.raw.len()
+    }
+
+    /// The kept body as text, as the admin API shows it.
+    pub fn body_text(&self) -> String {
+        shown_body(&self.raw)
     }
 }
 
@@ -192,6 +178,8 @@ pub struct SampleRing {
     settings: Mutex<SampleSettings>,
     samples: Mutex<VecDeque<Arc<Sample>>>,
     budget: Arc<SampleBudget>,
+    /// Set once the workflow is gone: a request still in flight for it keeps nothing.
+    retired: AtomicBool,
 }
 
 impl SampleRing {
@@ -200,6 +188,7 @@ impl SampleRing {
             settings: Mutex::new(settings),
             samples: Mutex::new(VecDeque::new()),
             budget,
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -214,6 +203,9 @@ impl SampleRing {
         let cost = sample.cost();
 
         let mut samples = lock(&self.samples);
+        if self.retired.load(Ordering::Acquire) {
+            return false;
+        }
         while samples.len() >= settings.per_workflow {
             self.drop_oldest(&mut samples);
         }
@@ -242,6 +234,15 @@ impl SampleRing {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Forgets every sample for good: the workflow is gone.
+    pub fn retire(&self) {
+        let mut samples = lock(&self.samples);
+        self.retired.store(true, Ordering::Release);
+        while !samples.is_empty() {
+            self.drop_oldest(&mut samples);
+        }
     }
 
     pub fn clear(&self) {
@@ -311,8 +312,8 @@ mod tests {
 
         let kept = ring.list();
         assert_eq!(kept.len(), 2);
-        assert_eq!(kept[0].body, "{\"n\":3}");
-        assert_eq!(kept[1].body, "{\"n\":2}");
+        assert_eq!(kept[0].body_text(), "{\"n\":3}");
+        assert_eq!(kept[1].body_text(), "{\"n\":2}");
         assert_eq!(kept[0].headers["x-api-key"], REDACTED);
         assert_eq!(kept[0].headers["x-hub-signature-256"], REDACTED);
         assert_eq!(kept[0].headers["x-github-event"], "push");
@@ -327,16 +328,16 @@ mod tests {
         assert!(arrive(&ring, b"\xff\xfe", &HeaderMap::new()));
 
         let kept = ring.list();
-        assert_eq!(kept[1].body, "abcd");
+        assert_eq!(kept[1].body_text(), "abcd");
         assert!(kept[1].body_truncated);
         assert_eq!(kept[1].body_bytes, 8);
         assert_eq!(kept[0].body_encoding, "base64");
-        assert_eq!(kept[0].body, "//4=");
+        assert_eq!(kept[0].body_text(), "//4=");
     }
 
     #[test]
     fn the_shared_budget_evicts_own_oldest_then_refuses() {
-        let budget = Arc::new(SampleBudget::new(40));
+        let budget = Arc::new(SampleBudget::new(20));
         let first = SampleRing::new(settings(10, 1024), Arc::clone(&budget));
         let second = SampleRing::new(settings(10, 1024), Arc::clone(&budget));
 
@@ -345,12 +346,17 @@ mod tests {
         // The budget is full; the second ring can only make room from its own samples.
         assert!(arrive(&second, b"abcdefghij", &HeaderMap::new()));
         assert_eq!(first.len(), 1);
-        assert_eq!(second.list()[0].body, "abcdefghij");
+        assert_eq!(second.list()[0].body_text(), "abcdefghij");
         assert_eq!(second.len(), 1);
 
         let third = SampleRing::new(settings(10, 1024), Arc::clone(&budget));
         assert!(!arrive(&third, b"0123456789", &HeaderMap::new()));
         first.clear();
         assert!(arrive(&third, b"0123456789", &HeaderMap::new()));
+
+        // A retired ring gives its bytes back and keeps nothing more.
+        second.retire();
+        assert!(!arrive(&second, b"0123456789", &HeaderMap::new()));
+        assert!(arrive(&first, b"0123456789", &HeaderMap::new()));
     }
 }

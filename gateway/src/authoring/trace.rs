@@ -53,6 +53,10 @@ pub fn run_steps(
     };
     if let Some(result) = &result {
         extra.insert("result".into(), result.clone());
+        if workflow.response == ResponseMode::Accept {
+            // Production accepts once the event is mapped and runs the rest later.
+            trace.set_status(202);
+        }
     }
     Traced {
         trace,
@@ -234,6 +238,36 @@ impl Trace {
         }));
         self.status = error.status();
         self.error = Some(described);
+    }
+
+    /// Records a backend's answer to a forwarded event. A caller of a `return_results`
+    /// workflow gets the backend's status, so `relayed` makes it the trace's status too, and
+    /// an error status fails the step.
+    pub fn answered(&mut self, name: &'static str, answer: Value, relayed: bool, duration_ms: f64) {
+        let status = answer["status"]
+            .as_u64()
+            .and_then(|s| u16::try_from(s).ok());
+        let status = status.unwrap_or(502);
+        let mut step = json!({ "step": name, "outcome": "ok", "duration_ms": duration_ms });
+        if status >= 400 {
+            let backend = answer["backend"].as_str().unwrap_or_default().to_string();
+            let error = GatewayError::BackendRejected { backend, status };
+            let described = error.to_json(None)["error"].clone();
+            step["outcome"] = json!("error");
+            step["error"] = described.clone();
+            self.error = Some(described);
+        }
+        step["output"] = answer;
+        self.steps.push(step);
+        if relayed {
+            self.status = status;
+        }
+    }
+
+    /// Sets the status a production caller would get, for outcomes decided outside the steps
+    /// (an accepted run answers 202 whatever happens later).
+    pub fn set_status(&mut self, status: u16) {
+        self.status = status;
     }
 
     /// Marks the steps from `from` on as not run, with the reason.

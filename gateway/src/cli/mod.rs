@@ -335,10 +335,12 @@ fn call(admin: &AdminEndpoint, method: &str, path: &str) -> Result<Value, String
     }
     if let Some(problems) = answer["error"]["reload"]["problems"].as_array() {
         for problem in problems {
-            let location = problem["location"].as_str().unwrap_or_default();
             let file = problem["file"].as_str().unwrap_or_default();
             let message = problem["message"].as_str().unwrap_or_default();
-            eprintln!("{file}: {location}: {message}");
+            match problem["location"].as_str().filter(|at| !at.is_empty()) {
+                Some(location) => eprintln!("{file}: {location}: {message}"),
+                None => eprintln!("{file}: {message}"),
+            }
         }
     }
     Err(describe_failure(status, &answer))
@@ -410,7 +412,16 @@ fn print_fields(answer: &Value, show: FieldsView) {
             );
             let empty = Vec::new();
             for field in answer["fields"].as_array().unwrap_or(&empty) {
-                let pointer = field["pointer"].as_str().unwrap_or_default();
+                // Keys come from senders: control characters must not reach the terminal.
+                let pointer: String = field["pointer"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .map(|c| match c.is_control() {
+                        true => c.escape_default().to_string(),
+                        false => c.to_string(),
+                    })
+                    .collect();
                 let types: Vec<&str> = field["types"]
                     .as_array()
                     .unwrap_or(&empty)

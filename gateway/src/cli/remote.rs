@@ -13,8 +13,12 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
-/// How long the CLI waits for the admin API; a reload compiles every script, so be patient.
+/// How long the CLI waits for the admin API to answer; a reload compiles every script, so be
+/// patient.
 const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long the CLI waits to connect: the admin listener is local and accepts at once.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Largest admin answer the CLI reads.
 const MAX_ANSWER_BYTES: u64 = 256 * 1024 * 1024;
@@ -61,7 +65,8 @@ impl AdminEndpoint {
                 self.address
             )
         };
-        let mut stream = TcpStream::connect_timeout(&self.address, TIMEOUT).map_err(unreachable)?;
+        let mut stream =
+            TcpStream::connect_timeout(&self.address, CONNECT_TIMEOUT).map_err(unreachable)?;
         stream
             .set_read_timeout(Some(TIMEOUT))
             .map_err(unreachable)?;

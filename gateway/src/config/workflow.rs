@@ -58,6 +58,13 @@ fn workflow_files(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<PathBuf> {
                 Some("yaml" | "yml")
             )
         })
+        // Hidden files are editors' lock and swap files (`.#order.yaml`), not workflows.
+        .filter(|path| {
+            !path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with('.'))
+        })
         .collect();
     files.sort();
     files
@@ -225,7 +232,18 @@ fn read_schema_file(
         })
         .ok()?;
 
-    serde_yaml_ng::from_str(&text)
+    // A `.json` file is read as JSON: YAML would take U+2028 and U+0085 inside a string for
+    // line breaks, and JSON writers (the gateway's own schema proposal among them) leave them
+    // raw.
+    let parsed = if path
+        .extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("json"))
+    {
+        serde_json::from_str(&text).map_err(|error| error.to_string())
+    } else {
+        serde_yaml_ng::from_str(&text).map_err(|error| error.to_string())
+    };
+    parsed
         .map_err(|error| problems.add("schema_file", format!("{}: {error}", path.display())))
         .ok()
 }
@@ -308,6 +326,15 @@ fn mapping_source(
             .ok(),
         (None, Some(header), None) => {
             match http::HeaderName::from_bytes(header.trim().as_bytes()) {
+                Ok(name) if crate::pipeline::HIDDEN_HEADERS.contains(&name.as_str()) => {
+                    // The caller's credential for the gateway must not leave it in a result,
+                    // a forwarded body or a run record; scripts do not see it either.
+                    problems.add(
+                        format!("{location}.header"),
+                        format!("{header:?} carries the caller's credential and cannot be mapped"),
+                    );
+                    None
+                }
                 Ok(name) => Some(Source::Header(name.as_str().to_string())),
                 Err(_) => {
                     problems.add(

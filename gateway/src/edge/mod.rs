@@ -104,8 +104,10 @@ impl Edge {
 
         if routed.kind == UrlKind::Test {
             let body = admit(session, &snapshot, &workflow).await?;
-            keep_sample(session, &live, SampleSource::Test, &body);
-            let reply = self.trace(session, &snapshot, &workflow, &body, ctx).await;
+            let kept = keep_sample(session, &live, SampleSource::Test, &body);
+            let reply = self
+                .trace(session, &snapshot, &workflow, &body, kept, ctx)
+                .await;
             return Ok(Answer::Reply(reply));
         }
 
@@ -336,8 +338,8 @@ async fn admit(
     read_body(session, workflow.max_body_bytes, declared, total_timeout).await
 }
 
-/// Keeps an authenticated event as a sample of its workflow.
-fn keep_sample(session: &Session, live: &LiveWorkflow, source: SampleSource, body: &Bytes) {
+/// Keeps an authenticated event as a sample of its workflow; false when it was not kept.
+fn keep_sample(session: &Session, live: &LiveWorkflow, source: SampleSource, body: &Bytes) -> bool {
     let request = session.req_header();
     live.samples.record(&Arrival {
         source,
@@ -345,7 +347,7 @@ fn keep_sample(session: &Session, live: &LiveWorkflow, source: SampleSource, bod
         headers: &request.headers,
         query: request.uri.query(),
         body,
-    });
+    })
 }
 
 /// The declared Content-Length, refused with 413 before any byte of the body is read.

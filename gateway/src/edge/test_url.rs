@@ -8,7 +8,7 @@
 
 use super::{Edge, RequestContext};
 use crate::authoring::trace::{self, elapsed_ms, Arrived, Trace, Traced};
-use crate::config::Workflow;
+use crate::config::{ResponseMode, Workflow};
 use crate::error::GatewayError;
 use crate::forward::client;
 use crate::forward::{build_request, RequestIds};
@@ -18,7 +18,7 @@ use crate::runs::new_run_id;
 use crate::server::Snapshot;
 use bytes::Bytes;
 use pingora::proxy::Session;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::time::Instant;
 
 /// The header that lets a test event reach the workflow's backend.
@@ -43,6 +43,7 @@ impl Edge {
         snapshot: &Snapshot,
         workflow: &Workflow,
         body: &Bytes,
+        sample_kept: bool,
         ctx: &mut RequestContext,
     ) -> Reply {
         let run_id = new_run_id();
@@ -82,6 +83,8 @@ impl Edge {
 
         let status = trace.status();
         extra.insert("run_id".into(), json!(run_id));
+        // False when samples are off or their budget is spent: `fields` will not see it.
+        extra.insert("sample_kept".into(), json!(sample_kept));
         let value = trace.finish(extra);
         Reply::json(status, &value).with_header("x-run-id", run_id)
     }
@@ -125,16 +128,19 @@ impl Edge {
             .exchange_whole(snapshot, &forward.backend, &request)
             .await;
 
+        // An accepted run's caller has its 202 before delivery; a synchronous caller gets
+        // the backend's answer.
+        let relayed = workflow.response == ResponseMode::ReturnResults;
         match answer {
             Ok(answer) => {
-                let mut step = Map::new();
-                step.insert("outcome".into(), json!("ok"));
-                step.insert("output".into(), answer.clone());
-                trace.record("forward", step, elapsed_ms(started));
+                trace.answered("forward", answer.clone(), relayed, elapsed_ms(started));
                 Some(answer)
             }
             Err(error) => {
                 trace.fail("forward", &error, None, elapsed_ms(started));
+                if !relayed {
+                    trace.set_status(202);
+                }
                 None
             }
         }

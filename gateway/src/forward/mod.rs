@@ -54,21 +54,11 @@ pub const GATEWAY_OWNED: [&str; 5] = [
     "content-length",
 ];
 
-/// Whether a header name looks like it carries a secret: tokens, signatures, keys, passwords.
-/// Providers invent their own names (`X-Gitlab-Token`, `X-Amz-Security-Token`, ...), so the
-/// fixed list is backed by this test on the name's words.
+/// Whether a header name looks like it carries a secret: a known credential header, or a name
+/// with a credential's word in it (see [`crate::auth::looks_secret`]).
 pub fn looks_secret(name: &str) -> bool {
-    const WORDS: [&str; 7] = [
-        "token",
-        "secret",
-        "signature",
-        "password",
-        "auth",
-        "key",
-        "hmac",
-    ];
     let lower = name.to_ascii_lowercase();
-    CREDENTIAL_HEADERS.contains(&lower.as_str()) || WORDS.iter().any(|word| lower.contains(word))
+    CREDENTIAL_HEADERS.contains(&lower.as_str()) || crate::auth::looks_secret(&lower)
 }
 
 /// Why a header cannot be passed on or added by a workflow, if it cannot.
