@@ -185,7 +185,10 @@ fn test_events_reach_a_backend_only_when_asked() {
         .header("x-api-key", TEST_KEY)
         .header("x-test-forward", "true");
     let wet = gateway.send(&sent);
-    assert_eq!(wet.status, 201, "the backend's status, as production relays it");
+    assert_eq!(
+        wet.status, 201,
+        "the backend's status, as production relays it"
+    );
     let forward = step(&wet.json(), "forward").clone();
     assert_eq!(forward["output"]["status"], 201);
     assert_eq!(forward["output"]["body"], json!({"stored": true}));
@@ -484,6 +487,16 @@ fn a_slow_request_to_a_removed_workflow_leaves_the_sample_budget_whole() {
     for _ in 0..3 {
         let path = gateway.test_path("gone");
         let mut stream = send_head(gateway.port, &path, &headers);
+        let in_flight =
+            || gateway.admin_get("/api/v1/workflows/gone").json()["counters"]["in_flight"] == 1;
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !in_flight() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the request never arrived"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         std::fs::rename(
             gateway.config_dir().join("workflows/gone.yaml"),
             gateway.config_dir().join("gone.yaml.away"),

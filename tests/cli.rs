@@ -172,10 +172,14 @@ fn json_logs_carry_one_line_per_request_with_stable_fields() {
 fn check_refuses_a_mapping_that_reads_the_callers_credential() {
     let (ok, errors) = check(&[(
         "workflows/leaky.yaml",
-        "id: leaky\nmapping:\n  key: { header: X-API-Key }\n  auth: { header: authorization }\n  trace: { header: X-Trace }\n",
+        "id: leaky\nmapping:\n  key: { header: X-API-Key }\n  auth: { header: authorization }\n  trace: { header: X-Trace }\n  let: { pointer: /let }\n",
     )]);
     assert!(!ok);
     assert!(errors.contains("mapping.key.header"), "{errors}");
     assert!(errors.contains("mapping.auth.header"), "{errors}");
     assert!(!errors.contains("mapping.trace"), "{errors}");
+    assert!(
+        errors.contains("mapping.let: \"let\" is a Rhai keyword"),
+        "{errors}"
+    );
 }

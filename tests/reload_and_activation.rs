@@ -290,6 +290,7 @@ fn admin_api_lists_workflows_with_urls_state_and_counters() {
     assert_eq!(greet["variables"], json!(["name"]));
     let counters = &greet["counters"];
     assert_eq!(counters["requests"], 2, "{counters}");
+    assert_eq!(counters["in_flight"], 0, "every request was answered");
     assert_eq!(counters["by_status_class"]["2xx"], 1);
     assert_eq!(counters["by_status_class"]["4xx"], 1);
     assert!(counters["last_request_at"].is_string());

@@ -43,6 +43,8 @@ impl LiveWorkflow {
 /// Requests that reached a workflow's URLs, by status class.
 #[derive(Default)]
 pub struct Counters {
+    /// Requests routed to the workflow and not yet answered.
+    in_flight: AtomicU64,
     requests: AtomicU64,
     by_class: [AtomicU64; 5],
     test_requests: AtomicU64,
@@ -50,8 +52,14 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Counts a request routed to the workflow; [`Counters::record`] ends it.
+    pub fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one answered request.
     pub fn record(&self, status: u16, test: bool) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let counter = if test {
             &self.test_requests
         } else {
@@ -77,6 +85,7 @@ impl Counters {
             humantime::format_rfc3339_millis(at).to_string()
         });
         serde_json::json!({
+            "in_flight": self.in_flight.load(Ordering::Relaxed),
             "requests": self.requests.load(Ordering::Relaxed),
             "test_requests": self.test_requests.load(Ordering::Relaxed),
             "by_status_class": {

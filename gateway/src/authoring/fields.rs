@@ -17,6 +17,7 @@
 //! field list by `max_fields`. Payloads are walked with an explicit stack, never by recursion
 //! over the input, so no nesting can exhaust the thread's stack.
 
+use crate::script::{RESERVED_NAMES, RHAI_RESERVED_WORDS};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -32,79 +33,6 @@ const EXAMPLE_MAX_CHARS: usize = 120;
 /// field level and serde_json prints and drops values recursively, so an unbounded depth would
 /// only move the stack overflow from this module to whoever serialises the result.
 const DEPTH_CEILING: usize = 128;
-
-/// Rhai keywords and reserved words (Rhai book, "Keywords", plus `exit`, which Rhai 1.27's
-/// tokenizer also reserves). Mapped variables become script variables, and a reserved word
-/// cannot name a variable even when its feature is disabled. `Fn` is left out: names here
-/// are lowercase.
-const RHAI_RESERVED_WORDS: &[&str] = &[
-    "as",
-    "async",
-    "await",
-    "break",
-    "call",
-    "case",
-    "catch",
-    "const",
-    "continue",
-    "curry",
-    "debug",
-    "default",
-    "do",
-    "else",
-    "eval",
-    "exit",
-    "export",
-    "false",
-    "fn",
-    "for",
-    "global",
-    "go",
-    "goto",
-    "if",
-    "import",
-    "in",
-    "is",
-    "is_def_fn",
-    "is_def_var",
-    "is_shared",
-    "let",
-    "loop",
-    "match",
-    "module",
-    "new",
-    "nil",
-    "null",
-    "package",
-    "print",
-    "private",
-    "protected",
-    "public",
-    "return",
-    "shared",
-    "spawn",
-    "static",
-    "super",
-    "switch",
-    "sync",
-    "this",
-    "thread",
-    "throw",
-    "true",
-    "try",
-    "type_of",
-    "until",
-    "use",
-    "var",
-    "void",
-    "while",
-    "with",
-    "yield",
-];
-
-/// Names scripts already receive (`script::RESERVED_NAMES`); workflow validation refuses them
-/// as variable names. Repeated here so that this module depends on nothing else in the crate.
-const SCRIPT_NAMES: &[&str] = &["event", "headers", "query", "vars"];
 
 /// Index of the root node: the event itself, which shapes the schema but is not a field.
 const ROOT: usize = 0;
@@ -774,7 +702,7 @@ fn name_from(tokens: &[&str]) -> String {
     };
 
     let name_str = name.as_str();
-    if RHAI_RESERVED_WORDS.contains(&name_str) || SCRIPT_NAMES.contains(&name_str) {
+    if RHAI_RESERVED_WORDS.contains(&name_str) || RESERVED_NAMES.contains(&name_str) {
         format!("{name}_value")
     } else {
         name

@@ -311,6 +311,11 @@ fn check_variable_name(name: &str, location: &str, problems: &mut Problems<'_>) 
             location,
             format!("{name:?} is reserved; scripts already see it"),
         );
+    } else if crate::script::RHAI_RESERVED_WORDS.contains(&name) {
+        problems.add(
+            location,
+            format!("{name:?} is a Rhai keyword; a script could not use it as a variable"),
+        );
     }
 }
 

@@ -99,6 +99,7 @@ impl Edge {
         let workflow = Arc::clone(routed.workflow);
         let live = Arc::clone(routed.live);
         ctx.workflow_id = Some(workflow.id.clone());
+        live.counters.begin();
         ctx.live = Some(Arc::clone(&live));
         ctx.url_kind = routed.kind;
 
