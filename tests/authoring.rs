@@ -147,6 +147,13 @@ fn test_url_shows_the_failing_step_with_the_production_status() {
     let not_json = test_post(&gateway, "orders", "{oops");
     assert_eq!(not_json.status, 400);
     assert_eq!(not_json.json()["error"]["code"], "invalid_json");
+
+    let log = gateway.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("url.kind=\"test\"") && line.contains("http.status=422"))
+        .unwrap_or_else(|| panic!("no log line for the refused test event:\n{log}"));
+    assert!(line.contains("error.code=\"schema_violation\""), "{line}");
 }
 
 #[test]
@@ -474,13 +481,14 @@ fn a_test_event_answers_the_status_production_would() {
 
 #[test]
 fn a_slow_request_to_a_removed_workflow_leaves_the_sample_budget_whole() {
-    let config = format!("{BASE_CONFIG}samples:\n  max_total_bytes: 100\n");
+    // One sample (a 300-byte body plus its headers) fits the budget, two do not.
+    let config = format!("{BASE_CONFIG}samples:\n  max_total_bytes: 1000\n");
     let gateway = Gateway::custom(&[
         ("gateway.yaml", &config),
         ("workflows/gone.yaml", "id: gone\n"),
         ("workflows/stays.yaml", "id: stays\n"),
     ]);
-    let body = format!(r#"{{"pad":"{}"}}"#, "x".repeat(60));
+    let body = format!(r#"{{"pad":"{}"}}"#, "x".repeat(300));
     let length = body.len().to_string();
     let headers = [("x-api-key", TEST_KEY), ("content-length", length.as_str())];
 
@@ -548,4 +556,44 @@ fn a_proposed_schema_with_unusual_keys_loads_from_its_json_file() {
         .cloned()
         .collect();
     assert_eq!(values, [json!(1), json!("x"), json!(true)]);
+}
+
+#[test]
+fn a_replay_meets_the_workflows_current_rules_and_its_original_headers() {
+    let workflow =
+        "id: chan\ntrigger:\n  methods: [POST, PUT]\nmapping:\n  chan: { header: X-Chan }\n";
+    let gateway = Gateway::custom(&[("workflows/chan.yaml", workflow)]);
+    let request = Request::new("PUT", &gateway.test_path("chan"))
+        .header("content-type", "application/json")
+        .header("x-api-key", TEST_KEY)
+        .header("x-chan", "a")
+        .header("x-chan", "b");
+    let mut request = request;
+    request.body = br#"{"n":1}"#.to_vec();
+    let tested = gateway.send(&request);
+    assert_eq!(tested.status, 200, "{}", tested.text());
+
+    let replay = || {
+        gateway
+            .admin_send("POST", "/api/v1/workflows/chan/samples/latest/replay")
+            .json()
+    };
+    assert_eq!(
+        replay()["variables"],
+        tested.json()["variables"],
+        "repeated headers map alike"
+    );
+
+    let narrowed = workflow.replace("[POST, PUT]", "[POST]");
+    std::fs::write(gateway.config_dir().join("workflows/chan.yaml"), &narrowed).unwrap();
+    assert_eq!(gateway.admin_send("POST", "/api/v1/reload").status, 200);
+    let refused = replay();
+    assert_eq!(refused["status"], 405, "{refused}");
+    assert_eq!(refused["error"]["code"], "method_not_allowed");
+    assert_eq!(step(&refused, "decode")["outcome"], "skipped");
+
+    let small = format!("{}max_body_bytes: 4\n", workflow);
+    std::fs::write(gateway.config_dir().join("workflows/chan.yaml"), small).unwrap();
+    assert_eq!(gateway.admin_send("POST", "/api/v1/reload").status, 200);
+    assert_eq!(replay()["error"]["code"], "payload_too_large");
 }

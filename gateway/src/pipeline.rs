@@ -186,6 +186,9 @@ pub fn execute_traced(
         crate::script::capture_output(|| engine.run(script, &input, Timing::whole()));
     let detail = match &outcome {
         Err(ScriptFailure::Runtime(detail)) => Some(detail.clone()),
+        Err(ScriptFailure::MemoryExceeded) => {
+            Some("the script held more memory than scripts.max_memory_bytes allows".into())
+        }
         _ => None,
     };
     ScriptTrace {

@@ -19,6 +19,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 const ACTIVATION_FILE: &str = "activation.json";
 
+/// How long the override of a workflow whose file is missing is kept: long enough for a
+/// checkout or an editor that deletes before it writes, short enough that a new workflow
+/// created later under the same id starts from its own file's flag.
+const MISSING_GRACE_MS: u64 = 10 * 60 * 1000;
+
 /// One workflow's live state.
 pub struct LiveWorkflow {
     active: AtomicBool,
@@ -71,10 +76,7 @@ impl Counters {
                 slot.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as u64);
-        self.last_request_ms.store(now_ms, Ordering::Relaxed);
+        self.last_request_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -102,6 +104,9 @@ struct Override {
     active: bool,
     /// The workflow file's own flag when the override was made.
     file_active: bool,
+    /// Since when (Unix milliseconds) no loaded workflow has this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    missing_since_ms: Option<u64>,
 }
 
 /// Where a workflow's activation comes from.
@@ -110,6 +115,53 @@ struct Override {
 pub enum ActivationSource {
     File,
     Override,
+}
+
+/// What [`Registry::sync`] hands the new snapshot.
+pub struct Synced {
+    pub live: HashMap<String, Arc<LiveWorkflow>>,
+    /// Set when activation changes could not be saved.
+    pub warning: Option<String>,
+}
+
+/// The overrides that stand for this set of workflows at `now_ms`.
+fn updated_overrides(
+    overrides: &BTreeMap<String, Override>,
+    workflows: &[Arc<Workflow>],
+    now_ms: u64,
+) -> BTreeMap<String, Override> {
+    let mut updated = BTreeMap::new();
+    for (id, kept) in overrides {
+        let file_flag = workflows
+            .iter()
+            .find(|workflow| &workflow.id == id)
+            .map(|workflow| workflow.active);
+        let kept = match file_flag {
+            Some(active) if active != kept.file_active => continue,
+            Some(_) => Override {
+                missing_since_ms: None,
+                ..*kept
+            },
+            None => {
+                let since = kept.missing_since_ms.unwrap_or(now_ms);
+                if now_ms.saturating_sub(since) > MISSING_GRACE_MS {
+                    continue;
+                }
+                Override {
+                    missing_since_ms: Some(since),
+                    ..*kept
+                }
+            }
+        };
+        updated.insert(id.clone(), kept);
+    }
+    updated
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// Every workflow's live state, by id.
@@ -147,28 +199,26 @@ impl Registry {
     }
 
     /// Brings the registry in line with a newly loaded set of workflows and returns each
-    /// one's live state. Workflows that are gone lose their samples and counters. Overrides
-    /// are dropped only when the workflow's file flag now differs from the one recorded; the
-    /// override of a workflow that is missing is kept, since its file may be away for a
-    /// moment (a checkout, an editor that writes by deleting first).
-    pub fn sync(
-        &self,
-        workflows: &[Arc<Workflow>],
-        samples: SampleSettings,
-    ) -> HashMap<String, Arc<LiveWorkflow>> {
+    /// one's live state. Workflows that are gone lose their samples and counters.
+    ///
+    /// An override is dropped when its workflow's file flag now differs from the one
+    /// recorded, or when its workflow has been missing for longer than [`MISSING_GRACE_MS`].
+    /// When the changed overrides cannot be saved, the saved ones stay in force, so a restart
+    /// finds what was served; the returned warning says so.
+    pub fn sync(&self, workflows: &[Arc<Workflow>], samples: SampleSettings) -> Synced {
         let mut inner = self.lock();
         self.budget.set_limit(samples.max_total_bytes);
-        let before = inner.overrides.clone();
-        inner.overrides.retain(|id, kept| {
-            let file_flag = workflows
-                .iter()
-                .find(|workflow| &workflow.id == id)
-                .map(|workflow| workflow.active);
-            file_flag.is_none_or(|active| active == kept.file_active)
-        });
-        if inner.overrides != before {
-            if let Err(error) = self.persist(&inner.overrides) {
-                tracing::warn!(error = %error, "cannot save workflow activation");
+        let updated = updated_overrides(&inner.overrides, workflows, now_ms());
+        let mut warning = None;
+        if updated != inner.overrides {
+            match self.persist(&updated) {
+                Ok(()) => inner.overrides = updated,
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot save workflow activation; the saved activations stay in force");
+                    warning = Some(format!(
+                        "activation changes could not be saved, so the saved activations stay in force: {error}"
+                    ));
+                }
             }
         }
 
@@ -192,7 +242,7 @@ impl Registry {
             }
         }
         inner.live = live.clone();
-        live
+        Synced { live, warning }
     }
 
     /// Turns a workflow on or off and saves the choice. Nothing changes when it cannot be
@@ -210,6 +260,7 @@ impl Registry {
             let kept = Override {
                 active,
                 file_active: workflow.active,
+                missing_since_ms: None,
             };
             overrides.insert(workflow.id.clone(), kept);
         }
@@ -258,5 +309,38 @@ impl Registry {
             let _ = folder.sync_all();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(file_active: bool, missing_since_ms: Option<u64>) -> Override {
+        Override {
+            active: !file_active,
+            file_active,
+            missing_since_ms,
+        }
+    }
+
+    #[test]
+    fn overrides_follow_the_files_flag_and_expire_once_missing_for_long() {
+        let now = 1_000 + MISSING_GRACE_MS + 1;
+        let overrides = BTreeMap::from([
+            ("recent".to_string(), kept(false, Some(now - 5))),
+            ("away".to_string(), kept(true, None)),
+            ("long-gone".to_string(), kept(true, Some(1_000))),
+        ]);
+        let workflows: Vec<Arc<Workflow>> = Vec::new();
+
+        let updated = updated_overrides(&overrides, &workflows, now);
+        assert_eq!(updated["away"].missing_since_ms, Some(now));
+        assert!(!updated.contains_key("long-gone"));
+        assert_eq!(
+            updated["recent"].missing_since_ms,
+            Some(now - 5),
+            "missing since then, still within the grace"
+        );
     }
 }

@@ -11,7 +11,7 @@
 //! interval, needs no platform support, and sees editors that replace files by renaming.
 
 use crate::config::{self, Config, ConfigError};
-use crate::server::{build_snapshot, GatewayState, StartupSettings};
+use crate::server::{build_snapshot, GatewayState, Snapshot, StartupSettings};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -83,6 +83,9 @@ pub struct ReloadReport {
     /// Changed settings that only a restart applies.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub restart_required: Vec<&'static str>,
+    /// What went wrong without refusing the reload.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub workflows: usize,
 }
 
@@ -93,6 +96,8 @@ pub fn reload(state: &GatewayState, trigger: Trigger) -> ReloadReport {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let current = state.snapshot();
+    // Taken before reading: a change made while loading is seen by the watcher's next look.
+    *lock(&state.watched) = fingerprint(&current);
 
     let report = match config::load(&current.config.source) {
         Ok(mut config) => {
@@ -109,8 +114,12 @@ pub fn reload(state: &GatewayState, trigger: Trigger) -> ReloadReport {
             match built {
                 Ok(snapshot) => {
                     let workflows = snapshot.config.workflows.len();
+                    let warnings = snapshot.warnings.clone();
                     state.install(snapshot);
-                    applied(trigger, version, restart_required, workflows)
+                    ReloadReport {
+                        warnings,
+                        ..applied(trigger, version, restart_required, workflows)
+                    }
                 }
                 Err(message) => {
                     let problem = Problem {
@@ -129,11 +138,14 @@ pub fn reload(state: &GatewayState, trigger: Trigger) -> ReloadReport {
     };
 
     log(&report);
-    *state
-        .last_reload
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(report.clone());
+    *lock(&state.last_reload) = Some(report.clone());
     report
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn applied(
@@ -149,15 +161,12 @@ fn applied(
         config_version: version,
         problems: Vec::new(),
         restart_required,
+        warnings: Vec::new(),
         workflows,
     }
 }
 
-fn refused(
-    trigger: Trigger,
-    current: &crate::server::Snapshot,
-    problems: Vec<Problem>,
-) -> ReloadReport {
+fn refused(trigger: Trigger, current: &Snapshot, problems: Vec<Problem>) -> ReloadReport {
     ReloadReport {
         at: now(),
         trigger,
@@ -165,6 +174,7 @@ fn refused(
         config_version: current.version,
         problems,
         restart_required: Vec::new(),
+        warnings: Vec::new(),
         workflows: current.config.workflows.len(),
     }
 }
@@ -274,10 +284,10 @@ fn listen_for_hangup(state: &Arc<GatewayState>) {
 }
 
 fn watch_loop(state: &Weak<GatewayState>) {
-    let mut seen = match state.upgrade() {
-        Some(state) => fingerprint(&state),
+    match state.upgrade() {
+        Some(state) => *lock(&state.watched) = fingerprint(&state.snapshot()),
         None => return,
-    };
+    }
     loop {
         let interval = match state.upgrade() {
             Some(state) => state.snapshot().config.reload.interval,
@@ -292,21 +302,19 @@ fn watch_loop(state: &Weak<GatewayState>) {
         if !state.snapshot().config.reload.watch {
             continue;
         }
-        let now = fingerprint(&state);
-        if now != seen {
-            seen = now;
+        let now = fingerprint(&state.snapshot());
+        if now != *lock(&state.watched) {
             reload(&state, Trigger::Watch);
         }
     }
 }
 
 /// Size and modification time of one file; `None` when it cannot be read.
-type Stamp = (PathBuf, Option<(u64, SystemTime)>);
+pub type Stamp = (PathBuf, Option<(u64, SystemTime)>);
 
 /// What the watcher compares between two looks: every file the configuration reads, and
 /// every file in the workflows and scripts folders (so that a new or deleted file counts).
-fn fingerprint(state: &GatewayState) -> Vec<Stamp> {
-    let snapshot = state.snapshot();
+fn fingerprint(snapshot: &Snapshot) -> Vec<Stamp> {
     let config = &snapshot.config;
     let mut paths = vec![config.source.clone()];
     list_files(&config.workflows_dir, MAX_WATCH_DEPTH, &mut paths);
@@ -325,6 +333,14 @@ fn stamp(path: PathBuf) -> Stamp {
     (path, seen)
 }
 
+/// Lock, swap and backup files editors leave beside what they edit: `.#x.yaml`,
+/// `.x.yaml.swp`, `x.yaml~`. None of them is read, so none should cause a reload.
+fn is_editor_litter(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.starts_with('.') || name.ends_with('~'))
+}
+
 fn list_files(dir: &Path, depth: usize, into: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -334,6 +350,9 @@ fn list_files(dir: &Path, depth: usize, into: &mut Vec<PathBuf>) {
             return;
         }
         let path = entry.path();
+        if is_editor_litter(&path) {
+            continue;
+        }
         match entry.file_type() {
             Ok(kind) if kind.is_dir() && depth > 0 => list_files(&path, depth - 1, into),
             Ok(kind) if kind.is_file() || kind.is_symlink() => into.push(path),

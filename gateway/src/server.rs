@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub config: Config,
     pub router: Router,
     pub backends: Arc<Backends>,
+    /// What went wrong without stopping the load (an activation that could not be saved).
+    pub warnings: Vec<String>,
 }
 
 /// Settings that only take effect at start; a reload that changes them is reported as
@@ -71,6 +73,9 @@ pub struct GatewayState {
     pub reloading: Mutex<()>,
     /// The outcome of the last reload, for the admin API.
     pub last_reload: Mutex<Option<ReloadReport>>,
+    /// The watched files as the last reload (of any trigger) found them, so the watcher does
+    /// not reload again what an explicit reload already read.
+    pub watched: Mutex<Vec<reload::Stamp>>,
 }
 
 impl GatewayState {
@@ -100,6 +105,7 @@ impl GatewayState {
             control,
             reloading: Mutex::new(()),
             last_reload: Mutex::new(None),
+            watched: Mutex::new(Vec::new()),
         }))
     }
 
@@ -130,14 +136,15 @@ pub(crate) fn build_snapshot(
         runtime,
     )
     .map_err(|error| format!("cannot set up backends: {error}"))?;
-    let live = registry.sync(&config.workflows, config.samples);
-    let router = Router::new(&config.workflows, secret, &live);
+    let synced = registry.sync(&config.workflows, config.samples);
+    let router = Router::new(&config.workflows, secret, &synced.live);
     Ok(Snapshot {
         version,
         loaded_at: SystemTime::now(),
         config,
         router,
         backends: Arc::new(backends),
+        warnings: synced.warning.into_iter().collect(),
     })
 }
 

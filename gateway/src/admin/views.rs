@@ -10,7 +10,6 @@ use crate::error::GatewayError;
 use crate::registry::LiveWorkflow;
 use crate::runs::RunState;
 use crate::server::{GatewayState, Snapshot};
-use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -89,30 +88,28 @@ pub fn find_sample(samples: &[Arc<Sample>], sample_id: &str) -> Result<Arc<Sampl
     Ok(Arc::clone(sample))
 }
 
-/// The trace of a sample run again through the workflow as configured now. Its redacted
-/// headers stay redacted: a mapping that reads one sees `[redacted]`.
+/// The trace of a sample run again through the workflow as configured now: its method and
+/// size are checked against the workflow's current rules first, as production would. Its
+/// redacted headers stay redacted: a mapping that reads one sees `[redacted]`.
 pub fn replay(
     snapshot: &Snapshot,
     workflow: &Workflow,
     live: &LiveWorkflow,
     sample: &Sample,
 ) -> Value {
-    let headers = sample_headers(sample);
     let query = sample_query(sample);
     let arrived = Arrived {
         method: &sample.method,
-        headers: &headers,
+        headers: &sample.replay_headers,
         query: query.as_deref(),
         body: &sample.raw,
     };
     let run_id = crate::runs::new_run_id();
-    let traced = trace::run_steps(
-        &snapshot.config,
-        workflow,
-        live.is_active(),
-        &arrived,
-        &run_id,
-    );
+    let active = live.is_active();
+    let traced = match refusal(workflow, sample) {
+        Some(error) => trace::refused(workflow, active, &arrived, &error),
+        None => trace::run_steps(&snapshot.config, workflow, active, &arrived, &run_id),
+    };
 
     let mut trace = traced.trace;
     if traced.result.is_some() {
@@ -128,16 +125,17 @@ pub fn replay(
     trace.finish(extra)
 }
 
-fn sample_headers(sample: &Sample) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for (name, value) in &sample.headers {
-        let name = HeaderName::from_bytes(name.as_bytes());
-        let value = value.as_str().map(HeaderValue::from_str);
-        if let (Ok(name), Some(Ok(value))) = (name, value) {
-            headers.append(name, value);
-        }
+/// What production would refuse about a sample before reading its body.
+fn refusal(workflow: &Workflow, sample: &Sample) -> Option<GatewayError> {
+    if !workflow.allows_method(&sample.method) {
+        return Some(GatewayError::MethodNotAllowed {
+            method: sample.method.clone(),
+            allowed: workflow.methods.join(", "),
+        });
     }
-    headers
+    (sample.body_bytes > workflow.max_body_bytes).then_some(GatewayError::PayloadTooLarge {
+        limit_bytes: workflow.max_body_bytes,
+    })
 }
 
 fn sample_query(sample: &Sample) -> Option<String> {

@@ -50,6 +50,9 @@ pub struct Sample {
     /// The kept bytes, shown as `body` in `body_encoding`; held once, as received.
     #[serde(rename = "body", serialize_with = "body_text")]
     pub raw: Bytes,
+    /// The headers as they arrived, repeats kept apart and credentials replaced, for replays.
+    #[serde(skip)]
+    pub replay_headers: HeaderMap,
 }
 
 fn body_text<S: serde::Serializer>(raw: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
@@ -76,7 +79,7 @@ pub struct Arrival<'a> {
 impl Sample {
     fn new(arrival: &Arrival<'_>, max_body_bytes: usize) -> Self {
         let body_bytes = arrival.body.len();
-        let raw = arrival.body.slice(..body_bytes.min(max_body_bytes));
+        let raw = cut(arrival.body, max_body_bytes);
         let body_encoding = match std::str::from_utf8(&raw) {
             Ok(_) => "utf8",
             Err(_) => "base64",
@@ -92,18 +95,57 @@ impl Sample {
             body_truncated: raw.len() < body_bytes,
             body_encoding,
             raw,
+            replay_headers: redacted_header_map(arrival.headers),
         }
     }
 
-    /// Bytes this sample holds against the budget.
+    /// Bytes this sample holds against the budget: the body, and the headers and query,
+    /// which a caller can make large too.
     fn cost(&self) -> usize {
-        self.raw.len()
+        let text = |map: &Map<String, Value>| {
+            map.iter()
+                .map(|(name, value)| name.len() + value.as_str().map_or(0, str::len))
+                .sum::<usize>()
+        };
+        let replay: usize = self
+            .replay_headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        self.raw.len() + text(&self.headers) + text(&self.query) + replay
     }
 
     /// The kept body as text, as the admin API shows it.
     pub fn body_text(&self) -> String {
         shown_body(&self.raw)
     }
+}
+
+/// The first `limit` bytes of a body. A UTF-8 body is cut at a character boundary, so the
+/// kept part still shows as text.
+fn cut(body: &Bytes, limit: usize) -> Bytes {
+    if body.len() <= limit {
+        return body.clone();
+    }
+    let kept = body.slice(..limit);
+    match std::str::from_utf8(&kept) {
+        Err(error) if error.error_len().is_none() => kept.slice(..error.valid_up_to()),
+        _ => kept,
+    }
+}
+
+/// Headers with credentials replaced, repeats kept apart.
+fn redacted_header_map(headers: &HeaderMap) -> HeaderMap {
+    let mut redacted = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let value = if is_secret_name(name.as_str()) {
+            http::HeaderValue::from_static(REDACTED)
+        } else {
+            value.clone()
+        };
+        redacted.append(name.clone(), value);
+    }
+    redacted
 }
 
 /// Headers as text, repeated ones joined, credentials replaced.
@@ -326,8 +368,15 @@ mod tests {
         let ring = SampleRing::new(settings(5, 4), Arc::new(SampleBudget::new(1 << 20)));
         assert!(arrive(&ring, b"abcdefgh", &HeaderMap::new()));
         assert!(arrive(&ring, b"\xff\xfe", &HeaderMap::new()));
+        assert!(arrive(&ring, "aé€".as_bytes(), &HeaderMap::new()));
 
-        let kept = ring.list();
+        // Cut inside "€": the text up to the last whole character is kept.
+        let text = &ring.list()[0];
+        assert_eq!(
+            (text.body_text().as_str(), text.body_encoding),
+            ("aé", "utf8")
+        );
+        let kept = &ring.list()[1..];
         assert_eq!(kept[1].body_text(), "abcd");
         assert!(kept[1].body_truncated);
         assert_eq!(kept[1].body_bytes, 8);
@@ -337,7 +386,8 @@ mod tests {
 
     #[test]
     fn the_shared_budget_evicts_own_oldest_then_refuses() {
-        let budget = Arc::new(SampleBudget::new(20));
+        // Each sample costs 32 bytes: a 10-byte body and 22 bytes of query.
+        let budget = Arc::new(SampleBudget::new(64));
         let first = SampleRing::new(settings(10, 1024), Arc::clone(&budget));
         let second = SampleRing::new(settings(10, 1024), Arc::clone(&budget));
 

@@ -66,6 +66,25 @@ pub fn run_steps(
     }
 }
 
+/// The trace of an event refused before its body was used (its method, its size), with every
+/// step marked as not run.
+pub fn refused(
+    workflow: &Workflow,
+    active: bool,
+    arrived: &Arrived<'_>,
+    error: &GatewayError,
+) -> Traced {
+    let mut trace = Trace::new();
+    trace.refuse(error);
+    trace.skip_rest("the request was refused before its body was used");
+    Traced {
+        trace,
+        extra: received(workflow, active, arrived),
+        prepared: None,
+        result: None,
+    }
+}
+
 /// Decode, schema and mapping, each a step of the trace.
 fn prepare_steps(
     trace: &mut Trace,
@@ -167,6 +186,7 @@ pub struct Trace {
     started: Instant,
     steps: Vec<Value>,
     error: Option<Value>,
+    error_code: Option<&'static str>,
     status: u16,
 }
 
@@ -182,6 +202,7 @@ impl Trace {
             started: Instant::now(),
             steps: Vec::new(),
             error: None,
+            error_code: None,
             status: 200,
         }
     }
@@ -237,7 +258,20 @@ impl Trace {
             "step": name, "outcome": "error", "duration_ms": duration_ms, "error": described
         }));
         self.status = error.status();
+        self.error_code = Some(error.code());
         self.error = Some(described);
+    }
+
+    /// Records a refusal that comes before any step.
+    pub fn refuse(&mut self, error: &GatewayError) {
+        self.status = error.status();
+        self.error_code = Some(error.code());
+        self.error = Some(error.to_json(None)["error"].clone());
+    }
+
+    /// The stable code of the error that failed the trace, for the request's log line.
+    pub fn error_code(&self) -> Option<&'static str> {
+        self.error_code
     }
 
     /// Records a backend's answer to a forwarded event. A caller of a `return_results`
@@ -255,6 +289,7 @@ impl Trace {
             let described = error.to_json(None)["error"].clone();
             step["outcome"] = json!("error");
             step["error"] = described.clone();
+            self.error_code = Some(error.code());
             self.error = Some(described);
         }
         step["output"] = answer;

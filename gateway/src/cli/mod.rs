@@ -343,7 +343,13 @@ fn call(admin: &AdminEndpoint, method: &str, path: &str) -> Result<Value, String
             }
         }
     }
-    Err(describe_failure(status, &answer))
+    let mut message = describe_failure(status, &answer);
+    if status == 401 {
+        message.push_str(
+            "; the running gateway keeps the admin token it started with until it is restarted",
+        );
+    }
+    Err(message)
 }
 
 fn set_active(admin: &AdminEndpoint, workflow_id: &str, active: bool) -> Result<(), String> {

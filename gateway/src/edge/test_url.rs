@@ -82,6 +82,7 @@ impl Edge {
         trace.skip_rest("an earlier step failed");
 
         let status = trace.status();
+        ctx.error_code = trace.error_code();
         extra.insert("run_id".into(), json!(run_id));
         // False when samples are off or their budget is spent: `fields` will not see it.
         extra.insert("sample_kept".into(), json!(sample_kept));
