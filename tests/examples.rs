@@ -109,3 +109,25 @@ fn shipped_configuration_passes_check() {
     );
     assert!(stdout.contains("4 workflows (3 active)"), "{stdout}");
 }
+
+#[test]
+fn the_inactive_invoice_workflow_can_be_tried_on_its_test_url_then_activated() {
+    let gateway = Gateway::shipped();
+    let event = r#"{"invoice":{"id":"in_1","amount_cents":500}}"#;
+    let production = gateway.path("invoice-paid");
+    let send = |path: &str| gateway.send(&Request::post(path, event).header("x-api-key", DEMO_KEY));
+    assert_eq!(send(&production).error_code(), "workflow_inactive");
+
+    let trace = send(&gateway.test_path("invoice-paid"));
+    assert_eq!(trace.status, 200, "{}", trace.text());
+    assert_eq!(trace.json()["outcome"], "succeeded");
+    let fields = gateway.remote(&["fields", "invoice-paid", "--show", "json"]);
+    let fields: serde_json::Value = serde_json::from_slice(&fields.stdout).unwrap();
+    assert_eq!(fields["fields"][1]["pointer"], "/invoice/id");
+
+    assert!(gateway
+        .remote(&["activate", "invoice-paid"])
+        .status
+        .success());
+    assert_eq!(send(&production).status, 200);
+}
