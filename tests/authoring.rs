@@ -202,6 +202,7 @@ fn test_events_reach_a_backend_only_when_asked() {
 
     let received = backend.wait_for(1);
     assert_eq!(received.len(), 1, "the dry run sent nothing");
+    assert_eq!(received[0].header("x-test-event"), Some("true"));
     let body: Value = serde_json::from_slice(&received[0].body).unwrap();
     assert_eq!(body, json!({"n": 2}));
 }

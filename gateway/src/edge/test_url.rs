@@ -11,7 +11,7 @@ use crate::authoring::trace::{self, elapsed_ms, Arrived, Trace, Traced};
 use crate::config::{ResponseMode, Workflow};
 use crate::error::GatewayError;
 use crate::forward::client;
-use crate::forward::{build_request, RequestIds};
+use crate::forward::{build_request, RequestIds, TEST_EVENT_HEADER};
 use crate::http_reply::Reply;
 use crate::pipeline::Prepared;
 use crate::runs::new_run_id;
@@ -117,7 +117,7 @@ impl Edge {
             workflow_id: &workflow.id,
             request_id: &ctx.request_id,
         };
-        let request = build_request(
+        let mut request = build_request(
             forward,
             sent.caller_method,
             sent.prepared,
@@ -125,6 +125,9 @@ impl Edge {
             sent.script_result,
             &ids,
         );
+        request
+            .headers
+            .push((TEST_EVENT_HEADER.to_string(), "true".to_string()));
         let answer = self
             .exchange_whole(snapshot, &forward.backend, &request)
             .await;

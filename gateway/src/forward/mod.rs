@@ -46,13 +46,18 @@ pub const CONNECTION_HEADERS: [&str; 9] = [
 
 /// Headers the gateway sets on every forwarded request. A caller or a workflow setting them too
 /// could make a backend that deduplicates on them drop or merge other runs.
-pub const GATEWAY_OWNED: [&str; 5] = [
+pub const GATEWAY_OWNED: [&str; 6] = [
     "x-run-id",
     "x-workflow-id",
     "x-request-id",
     "idempotency-key",
     "content-length",
+    TEST_EVENT_HEADER,
 ];
+
+/// Marks a forwarded request that came from a test URL, so a backend can tell a test event
+/// from a real one.
+pub const TEST_EVENT_HEADER: &str = "x-test-event";
 
 /// Whether a header name looks like it carries a secret: a known credential header, or a name
 /// with a credential's word in it (see [`crate::auth::looks_secret`]).
