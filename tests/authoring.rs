@@ -34,6 +34,20 @@ fn gateway() -> Gateway {
     ])
 }
 
+/// A gateway whose backend `svc` is `backend`, with the `relay` workflow forwarding to it.
+fn forwarding_to(backend: &Backend, more: &[(&str, &str)]) -> Gateway {
+    let config = format!(
+        "{BASE_CONFIG}backends:\n  svc:\n    addresses: [\"{}\"]\n",
+        backend.url()
+    );
+    let mut files = vec![
+        ("gateway.yaml", config.as_str()),
+        ("workflows/relay.yaml", FORWARDING),
+    ];
+    files.extend_from_slice(more);
+    Gateway::custom(&files)
+}
+
 fn test_post(gateway: &Gateway, id: &str, body: &str) -> Response {
     gateway.post_json(&gateway.test_path(id), body)
 }
@@ -174,14 +188,7 @@ fn test_url_still_checks_the_caller_and_keeps_nothing_it_refused() {
 #[test]
 fn test_events_reach_a_backend_only_when_asked() {
     let backend = Backend::start(|_, _| Reply::json(201, r#"{"stored":true}"#));
-    let config = format!(
-        "{BASE_CONFIG}backends:\n  svc:\n    addresses: [\"{}\"]\n",
-        backend.url()
-    );
-    let gateway = Gateway::custom(&[
-        ("gateway.yaml", &config),
-        ("workflows/relay.yaml", FORWARDING),
-    ]);
+    let gateway = forwarding_to(&backend, &[]);
     let path = gateway.test_path("relay");
 
     let dry = gateway.post_json(&path, r#"{"n": 1}"#);
@@ -453,15 +460,10 @@ fn a_test_event_answers_the_status_production_would() {
         "/in" => Reply::json(404, r#"{"missing":true}"#),
         _ => Reply::json(200, "{}"),
     });
-    let config = format!(
-        "{BASE_CONFIG}backends:\n  svc:\n    addresses: [\"{}\"]\n",
-        backend.url()
+    let gateway = forwarding_to(
+        &backend,
+        &[("workflows/later.yaml", "id: later\nresponse: accept\n")],
     );
-    let gateway = Gateway::custom(&[
-        ("gateway.yaml", &config),
-        ("workflows/relay.yaml", FORWARDING),
-        ("workflows/later.yaml", "id: later\nresponse: accept\n"),
-    ]);
 
     let relayed = Request::post(&gateway.test_path("relay"), r#"{"n": 1}"#)
         .header("x-api-key", TEST_KEY)
