@@ -259,23 +259,46 @@ impl Gateway {
         send(self.admin_port, &self.admin_request(method, path))
     }
 
+    /// Waits until both listeners answer and are this process's own. A port picked free can
+    /// be bound by another test's gateway in the meantime; this process then cannot bind it,
+    /// and Pingora keeps running without that listener. So the admin port must accept this
+    /// gateway's token, and a probe on the webhook port must show up in this gateway's log.
     fn wait_ready(&mut self, admin: bool) -> Result<(), String> {
         let deadline = Instant::now() + PATIENCE;
+        let probe_id = format!("readiness-probe-{}-{}", self.port, self.admin_port);
+        let probe = Request::new("GET", "/hooks/-/-").header("x-request-id", &probe_id);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return Err(self.log());
             }
             let admin_ready = !admin
                 || matches!(
-                    try_send(self.admin_port, &self.admin_request("GET", "/healthz")),
+                    try_send(self.admin_port, &self.admin_request("GET", "/api/v1/config")),
                     Ok(response) if response.status == 200
                 );
-            if admin_ready && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
+            if admin_ready && try_send(self.port, &probe).is_ok() {
+                return self.wait_for_log(&probe_id, deadline);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Err(format!("not ready after {PATIENCE:?}:\n{}", self.log()))
+    }
+
+    /// Waits for `marker` in the log; a listener answering for another process never logs it.
+    fn wait_for_log(&mut self, marker: &str, deadline: Instant) -> Result<(), String> {
+        let own_deadline = deadline.min(Instant::now() + Duration::from_secs(5));
+        while Instant::now() < own_deadline {
+            if self.log().contains(marker) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Err(format!(
+            "cannot listen: the webhook port answered for another process\n{}",
+            self.log()
+        ))
     }
 
     /// Everything the gateway logged so far.
