@@ -157,6 +157,8 @@ pub fn run(config: Config) -> Result<(), String> {
         ensure_bindable(&admin.listen)?;
     }
 
+    exit_when_a_listener_fails();
+
     let conf = server_conf(&config);
     let state = GatewayState::new(config)?;
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -190,6 +192,27 @@ pub fn run(config: Config) -> Result<(), String> {
         "gateway started"
     );
     server.run_forever()
+}
+
+/// Pingora binds each listener inside its service's thread and, when that fails, panics there
+/// while the process runs on without the listener. A port taken by someone else between
+/// [`ensure_bindable`] and that bind would leave a gateway that accepts nothing; this makes
+/// it exit instead, saying why.
+fn exit_when_a_listener_fails() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("Failed to build listeners") {
+            eprintln!("error: cannot listen: {message}");
+            std::process::exit(1);
+        }
+        report(info);
+    }));
 }
 
 fn server_conf(config: &Config) -> ServerConf {
