@@ -191,3 +191,31 @@ fn check_refuses_a_mapping_that_reads_the_callers_credential() {
         "{errors}"
     );
 }
+
+#[test]
+fn check_reports_signature_settings_a_preset_fixes_or_hmac_lacks() {
+    let (ok, text) = check(&[
+        (
+            "workflows/a.yaml",
+            "id: a\nsignature:\n  preset: github\n  secret: x\n  header: X-Other\n",
+        ),
+        (
+            "workflows/b.yaml",
+            "id: b\nsignature:\n  preset: hmac\n  secret: x\n",
+        ),
+        ("workflows/c.yaml", "id: c\nsignature:\n  preset: stripe\n"),
+        (
+            "workflows/d.yaml",
+            "id: d\nsignature:\n  preset: slack\n  secret: x\n  tolerance_seconds: 0\n",
+        ),
+    ]);
+    assert!(!ok, "{text}");
+    for expected in [
+        "a.yaml: signature.header: is fixed by the preset",
+        "b.yaml: signature.header: is required with `preset: hmac`",
+        "c.yaml: signature: needs `secret` or `secrets`",
+        "d.yaml: signature.tolerance_seconds: 0 is outside 1..=86400",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}

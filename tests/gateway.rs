@@ -13,3 +13,4 @@ mod hardening;
 mod mapping_and_scripts;
 mod payload;
 mod reload_and_activation;
+mod signatures;

@@ -30,6 +30,9 @@ pub enum GatewayError {
     #[error("{0}")]
     Unauthorized(&'static str),
 
+    #[error("the request's signature does not hold: {0}")]
+    InvalidSignature(&'static str),
+
     #[error("request body exceeds the limit of {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
 
@@ -139,7 +142,7 @@ impl GatewayError {
             Self::StateNotSaved(_) => 500,
             Self::ConfigInvalid { .. } => 422,
             Self::MethodNotAllowed { .. } => 405,
-            Self::Unauthorized(_) => 401,
+            Self::Unauthorized(_) | Self::InvalidSignature(_) => 401,
             Self::PayloadTooLarge { .. } => 413,
             Self::UnsupportedMediaType(_) => 415,
             Self::InvalidJson(_) | Self::JsonTooDeep { .. } | Self::BadRequest(_) => 400,
@@ -162,6 +165,7 @@ impl GatewayError {
             Self::WorkflowInactive(_) => "workflow_inactive",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Unauthorized(_) => "unauthorized",
+            Self::InvalidSignature(_) => "invalid_signature",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::InvalidJson(_) => "invalid_json",

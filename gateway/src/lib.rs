@@ -28,4 +28,5 @@ pub mod runs;
 pub mod schema;
 pub mod script;
 pub mod server;
+pub mod signature;
 pub mod telemetry;

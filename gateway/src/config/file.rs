@@ -345,6 +345,57 @@ pub struct WorkflowFile {
     pub forward: Option<ForwardFile>,
     #[serde(default)]
     pub samples: WorkflowSamplesFile,
+    /// The sender signs each request; the signature is checked over the bytes received.
+    pub signature: Option<SignatureFile>,
+}
+
+/// How a workflow's sender signs its requests: a preset, or `hmac` with its details.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureFile {
+    pub preset: SignaturePresetFile,
+    /// The shared secret; normally `${ENV_VAR}`. Empty or missing refuses every request.
+    pub secret: Option<String>,
+    /// Several secrets at once, while one is being rotated.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// For `hmac`: the header holding the signature(s).
+    pub header: Option<String>,
+    /// For `hmac`: text before each signature in the header, such as `sha256=`.
+    pub prefix: Option<String>,
+    /// For `hmac`.
+    pub algorithm: Option<SignatureAlgorithmFile>,
+    /// For `hmac`.
+    pub encoding: Option<SignatureEncodingFile>,
+    /// For `hmac`: a header with a Unix timestamp that is signed as `<timestamp>.<body>`.
+    pub timestamp_header: Option<String>,
+    /// How far a signed timestamp may be from now.
+    pub tolerance_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignaturePresetFile {
+    Github,
+    Stripe,
+    Shopify,
+    Slack,
+    Hmac,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureAlgorithmFile {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureEncodingFile {
+    Hex,
+    Base64,
 }
 
 /// Which events of one workflow are kept as samples.

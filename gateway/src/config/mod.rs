@@ -168,6 +168,8 @@ pub struct Workflow {
     pub forward: Option<Forward>,
     /// Whether events sent to the production URL are kept as samples too.
     pub sample_production: bool,
+    /// Checked over the body as received, before it is decoded.
+    pub signature: Option<crate::signature::SignatureCheck>,
     /// The workflow file.
     pub source: PathBuf,
     /// Other files it was built from (schema file, script), watched for changes.

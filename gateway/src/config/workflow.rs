@@ -2,7 +2,8 @@
 //! scripts, each problem reported with the workflow file and the field it concerns.
 
 use super::file::{
-    ForwardBodyFile, ForwardFile, MappingRuleFile, ResponseModeFile, ValueTypeFile, WorkflowFile,
+    ForwardBodyFile, ForwardFile, MappingRuleFile, ResponseModeFile, SignatureAlgorithmFile,
+    SignatureEncodingFile, SignatureFile, SignaturePresetFile, ValueTypeFile, WorkflowFile,
 };
 use super::settings::GatewaySettings;
 use super::{read_yaml, ConfigError, Problems, ResponseMode, Workflow, MAX_BODY_LIMIT_BYTES};
@@ -11,6 +12,7 @@ use crate::forward::{refusal, Forward, ForwardBody, PathTemplate, RetryPolicy};
 use crate::mapping::{coerce, Mapping, Pointer, Rule, Source, ValueType};
 use crate::schema::Schema;
 use crate::script::{CompiledScript, ScriptEngine, RESERVED_NAMES};
+use crate::signature::{Algorithm, Encoding, Layout, SignatureCheck, Signed};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,6 +113,10 @@ fn validate(
         },
         max_body_bytes: body_limit(&file, gateway, &mut problems),
         sample_production: file.samples.production,
+        signature: file
+            .signature
+            .as_ref()
+            .and_then(|signature| signature_check(signature, &mut problems)),
         dependencies: dependencies(path, &file, gateway),
         id: file.id,
         description: file.description,
@@ -118,6 +124,111 @@ fn validate(
         source: path.to_path_buf(),
     };
     (errors.len() == before).then_some(workflow)
+}
+
+fn signature_check(file: &SignatureFile, problems: &mut Problems<'_>) -> Option<SignatureCheck> {
+    let mut secrets: Vec<String> = file.secret.iter().cloned().collect();
+    secrets.extend(file.secrets.iter().cloned());
+    if file.secret.is_none() && file.secrets.is_empty() {
+        problems.add("signature", "needs `secret` or `secrets`");
+        return None;
+    }
+    if secrets.iter().all(|secret| secret.trim().is_empty()) {
+        // Failing closed, not failing to load: one missing secret must not stop the others.
+        tracing::warn!(
+            signature.preset = ?file.preset,
+            "a workflow's signing secret is empty; it will refuse every request"
+        );
+    }
+    if let Some(seconds) = file.tolerance_seconds {
+        problems.in_range("signature.tolerance_seconds", seconds, 1..=86_400);
+    }
+    let tolerance = file
+        .tolerance_seconds
+        .map_or(crate::signature::DEFAULT_TOLERANCE, Duration::from_secs);
+
+    let generic_fields = [
+        ("header", file.header.is_some()),
+        ("prefix", file.prefix.is_some()),
+        ("algorithm", file.algorithm.is_some()),
+        ("encoding", file.encoding.is_some()),
+        ("timestamp_header", file.timestamp_header.is_some()),
+    ];
+    let preset = file.preset;
+    if !matches!(preset, SignaturePresetFile::Hmac) {
+        for (name, given) in generic_fields {
+            if given {
+                problems.add(
+                    format!("signature.{name}"),
+                    "is fixed by the preset; only `preset: hmac` takes it",
+                );
+            }
+        }
+    }
+
+    Some(match preset {
+        SignaturePresetFile::Github => SignatureCheck::github(secrets),
+        SignaturePresetFile::Shopify => SignatureCheck::shopify(secrets),
+        SignaturePresetFile::Slack => SignatureCheck::slack(secrets, tolerance),
+        SignaturePresetFile::Stripe => SignatureCheck::stripe(secrets, tolerance),
+        SignaturePresetFile::Hmac => generic_hmac(file, secrets, tolerance, problems)?,
+    })
+}
+
+fn generic_hmac(
+    file: &SignatureFile,
+    secrets: Vec<String>,
+    tolerance: Duration,
+    problems: &mut Problems<'_>,
+) -> Option<SignatureCheck> {
+    let header = header_name(file.header.as_deref(), "signature.header", problems)?;
+    let timestamp_header = match file.timestamp_header.as_deref() {
+        Some(name) => Some(header_name(
+            Some(name),
+            "signature.timestamp_header",
+            problems,
+        )?),
+        None => None,
+    };
+    let signed = match timestamp_header {
+        Some(_) => Signed::TimestampAndBody {
+            before: "",
+            between: ".",
+        },
+        None => Signed::Body,
+    };
+    let algorithm = match file.algorithm.unwrap_or(SignatureAlgorithmFile::Sha256) {
+        SignatureAlgorithmFile::Sha1 => Algorithm::Sha1,
+        SignatureAlgorithmFile::Sha256 => Algorithm::Sha256,
+        SignatureAlgorithmFile::Sha512 => Algorithm::Sha512,
+    };
+    let encoding = match file.encoding.unwrap_or(SignatureEncodingFile::Hex) {
+        SignatureEncodingFile::Hex => Encoding::Hex,
+        SignatureEncodingFile::Base64 => Encoding::Base64,
+    };
+    let layout = Layout::Header {
+        name: header,
+        prefix: file.prefix.clone().unwrap_or_default(),
+        timestamp_header,
+    };
+    Some(SignatureCheck::new(
+        "hmac", algorithm, encoding, layout, signed, tolerance, secrets,
+    ))
+}
+
+/// A header name from the configuration, lowercased; reported when missing or invalid.
+fn header_name(name: Option<&str>, location: &str, problems: &mut Problems<'_>) -> Option<String> {
+    let Some(name) = name else {
+        problems.add(location, "is required with `preset: hmac`");
+        return None;
+    };
+    match http::HeaderName::from_bytes(name.trim().as_bytes()) {
+        Ok(name) => Some(name.as_str().to_string()),
+        Err(_) => {
+            problems.add(location, format!("{name:?} is not a header name"));
+            None
+        }
+    }
 }
 
 /// The schema file and script a workflow reads, so a change to them triggers a reload.

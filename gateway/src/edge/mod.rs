@@ -315,7 +315,7 @@ fn request_id(session: &Session) -> String {
 }
 
 /// The checks every request to a workflow's URLs passes before its body is used: method,
-/// API key, declared size, then the body itself, capped and timed.
+/// API key, declared size, then the body itself, capped and timed, and its signature.
 async fn admit(
     session: &mut Session,
     snapshot: &Snapshot,
@@ -336,7 +336,14 @@ async fn admit(
     let declared = declared_length(session, workflow.max_body_bytes)?;
 
     let total_timeout = snapshot.config.server.body_total_timeout;
-    read_body(session, workflow.max_body_bytes, declared, total_timeout).await
+    let body = read_body(session, workflow.max_body_bytes, declared, total_timeout).await?;
+
+    // Over the bytes exactly as received, before anything parses them.
+    if let Some(signature) = &workflow.signature {
+        let headers = &session.req_header().headers;
+        signature.verify(headers, &body, crate::signature::now())?;
+    }
+    Ok(body)
 }
 
 /// Keeps an authenticated event as a sample of its workflow; false when it was not kept.

@@ -1,0 +1,449 @@
+//! Webhook signatures: the sender signs the exact bytes it sends with a shared secret, and the
+//! gateway checks that MAC over the exact bytes received, before anything parses them.
+//!
+//! Presets cover the schemes of GitHub, Stripe, Shopify and Slack; `hmac` describes any other
+//! HMAC scheme (algorithm, encoding, header, prefix, and whether a timestamp is signed too).
+//! Several secrets may be configured at once, so a secret can be rotated without downtime,
+//! and a header may carry several signatures (Stripe during its own rotation). MACs are
+//! compared in constant time. A workflow whose secret is missing refuses every request.
+
+use crate::error::GatewayError;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use http::HeaderMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Tolerance for signed timestamps when the workflow sets none: Stripe's and Slack's.
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// The environment variable that fixes the clock signatures are checked against, in Unix
+/// seconds. For tests of timestamped schemes only.
+pub const CLOCK_ENV: &str = "WEBHOOK_GATEWAY_SIGNATURE_CLOCK";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Hex,
+    Base64,
+}
+
+/// What the MAC is computed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signed {
+    /// The body as received.
+    Body,
+    /// `<before><timestamp><between><body>`: Stripe (`""`, `"."`), Slack (`"v0:"`, `":"`).
+    TimestampAndBody {
+        before: &'static str,
+        between: &'static str,
+    },
+}
+
+/// Where a scheme finds its signatures and timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// A header holding one or more signatures (separated by commas or spaces), each after
+    /// an optional prefix; an optional timestamp header.
+    Header {
+        name: String,
+        prefix: String,
+        timestamp_header: Option<String>,
+    },
+    /// Stripe's `t=<timestamp>,v1=<signature>[,v1=...]` in one header; only `v1` counts.
+    Stripe,
+}
+
+/// One workflow's signature check, validated.
+#[derive(Clone)]
+pub struct SignatureCheck {
+    pub scheme_name: &'static str,
+    pub algorithm: Algorithm,
+    pub encoding: Encoding,
+    pub layout: Layout,
+    pub signed: Signed,
+    pub tolerance: Duration,
+    /// Empty when the configured secret is missing: every request is refused.
+    secrets: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SignatureCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignatureCheck")
+            .field("scheme", &self.scheme_name)
+            .field("secrets", &self.secrets.len())
+            .finish()
+    }
+}
+
+/// Why a request's signature does not hold.
+fn refused(reason: &'static str) -> GatewayError {
+    GatewayError::InvalidSignature(reason)
+}
+
+impl SignatureCheck {
+    pub fn new(
+        scheme_name: &'static str,
+        algorithm: Algorithm,
+        encoding: Encoding,
+        layout: Layout,
+        signed: Signed,
+        tolerance: Duration,
+        secrets: Vec<String>,
+    ) -> Self {
+        let secrets = secrets
+            .into_iter()
+            .filter(|secret| !secret.is_empty())
+            .map(String::into_bytes)
+            .collect();
+        Self {
+            scheme_name,
+            algorithm,
+            encoding,
+            layout,
+            signed,
+            tolerance,
+            secrets,
+        }
+    }
+
+    /// The preset for GitHub: `X-Hub-Signature-256: sha256=<hex>` over the body.
+    pub fn github(secrets: Vec<String>) -> Self {
+        let layout = Layout::Header {
+            name: "x-hub-signature-256".into(),
+            prefix: "sha256=".into(),
+            timestamp_header: None,
+        };
+        let (sha, hex, body) = (Algorithm::Sha256, Encoding::Hex, Signed::Body);
+        Self::new("github", sha, hex, layout, body, DEFAULT_TOLERANCE, secrets)
+    }
+
+    /// The preset for Shopify: `X-Shopify-Hmac-Sha256: <base64>` over the body.
+    pub fn shopify(secrets: Vec<String>) -> Self {
+        let layout = Layout::Header {
+            name: "x-shopify-hmac-sha256".into(),
+            prefix: String::new(),
+            timestamp_header: None,
+        };
+        let (sha, b64, body) = (Algorithm::Sha256, Encoding::Base64, Signed::Body);
+        Self::new(
+            "shopify",
+            sha,
+            b64,
+            layout,
+            body,
+            DEFAULT_TOLERANCE,
+            secrets,
+        )
+    }
+
+    /// The preset for Slack: `X-Slack-Signature: v0=<hex>` over `v0:<timestamp>:<body>`.
+    pub fn slack(secrets: Vec<String>, tolerance: Duration) -> Self {
+        let layout = Layout::Header {
+            name: "x-slack-signature".into(),
+            prefix: "v0=".into(),
+            timestamp_header: Some("x-slack-request-timestamp".into()),
+        };
+        let signed = Signed::TimestampAndBody {
+            before: "v0:",
+            between: ":",
+        };
+        Self::new(
+            "slack",
+            Algorithm::Sha256,
+            Encoding::Hex,
+            layout,
+            signed,
+            tolerance,
+            secrets,
+        )
+    }
+
+    /// The preset for Stripe: `Stripe-Signature: t=..,v1=..` over `<timestamp>.<body>`.
+    pub fn stripe(secrets: Vec<String>, tolerance: Duration) -> Self {
+        let signed = Signed::TimestampAndBody {
+            before: "",
+            between: ".",
+        };
+        let layout = Layout::Stripe;
+        Self::new(
+            "stripe",
+            Algorithm::Sha256,
+            Encoding::Hex,
+            layout,
+            signed,
+            tolerance,
+            secrets,
+        )
+    }
+
+    /// Checks the request's signature over `body`, at time `now`.
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<(), GatewayError> {
+        if self.secrets.is_empty() {
+            return Err(refused("no signing secret is configured for this workflow"));
+        }
+        let (timestamp, signatures) = self.presented(headers)?;
+        if let Some(timestamp) = &timestamp {
+            self.check_freshness(timestamp, now)?;
+        }
+        let message = self.message(timestamp.as_deref(), body);
+
+        let matched = signatures.iter().any(|signature| {
+            self.decode(signature)
+                .is_some_and(|presented| self.matches_a_secret(&message, &presented))
+        });
+        if matched {
+            Ok(())
+        } else {
+            Err(refused("the signature does not match"))
+        }
+    }
+
+    /// The timestamp (when the scheme signs one) and every signature the request presents.
+    fn presented(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(Option<String>, Vec<String>), GatewayError> {
+        let header_text = |name: &str| -> Result<Option<String>, GatewayError> {
+            let mut values = headers.get_all(name).iter();
+            let Some(value) = values.next() else {
+                return Ok(None);
+            };
+            if values.next().is_some() {
+                return Err(refused("a signature header is given twice"));
+            }
+            let text = value
+                .to_str()
+                .map_err(|_| refused("a signature header is not text"))?;
+            Ok(Some(text.trim().to_string()))
+        };
+
+        match &self.layout {
+            Layout::Header {
+                name,
+                prefix,
+                timestamp_header,
+            } => {
+                let value = header_text(name)?.ok_or(refused("the signature header is missing"))?;
+                let signatures = value
+                    .split([',', ' '])
+                    .filter_map(|part| part.trim().strip_prefix(prefix.as_str()))
+                    .filter(|signature| !signature.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                let timestamp = match timestamp_header {
+                    Some(name) => {
+                        Some(header_text(name)?.ok_or(refused("the timestamp header is missing"))?)
+                    }
+                    None => None,
+                };
+                Ok((timestamp, signatures))
+            }
+            Layout::Stripe => {
+                let value = header_text("stripe-signature")?
+                    .ok_or(refused("the signature header is missing"))?;
+                parse_stripe(&value)
+            }
+        }
+    }
+
+    fn check_freshness(&self, timestamp: &str, now: SystemTime) -> Result<(), GatewayError> {
+        let signed_at = timestamp
+            .parse::<u64>()
+            .map_err(|_| refused("the signed timestamp is not a number of seconds"))?;
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        if now.abs_diff(signed_at) > self.tolerance.as_secs() {
+            return Err(refused("the signed timestamp is outside the tolerance"));
+        }
+        Ok(())
+    }
+
+    fn message(&self, timestamp: Option<&str>, body: &[u8]) -> Vec<u8> {
+        match (&self.signed, timestamp) {
+            (Signed::TimestampAndBody { before, between }, Some(timestamp)) => {
+                let mut message =
+                    Vec::with_capacity(before.len() + timestamp.len() + between.len() + body.len());
+                message.extend_from_slice(before.as_bytes());
+                message.extend_from_slice(timestamp.as_bytes());
+                message.extend_from_slice(between.as_bytes());
+                message.extend_from_slice(body);
+                message
+            }
+            _ => body.to_vec(),
+        }
+    }
+
+    fn decode(&self, signature: &str) -> Option<Vec<u8>> {
+        match self.encoding {
+            Encoding::Hex => hex::decode(signature.to_ascii_lowercase()).ok(),
+            Encoding::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(signature)
+                .ok(),
+        }
+    }
+
+    /// Whether `presented` is the MAC of `message` under any configured secret, compared in
+    /// constant time.
+    fn matches_a_secret(&self, message: &[u8], presented: &[u8]) -> bool {
+        self.secrets.iter().any(|secret| match self.algorithm {
+            Algorithm::Sha1 => verify_mac::<Hmac<sha1::Sha1>>(secret, message, presented),
+            Algorithm::Sha256 => verify_mac::<Hmac<sha2::Sha256>>(secret, message, presented),
+            Algorithm::Sha512 => verify_mac::<Hmac<sha2::Sha512>>(secret, message, presented),
+        })
+    }
+}
+
+fn verify_mac<M: Mac + hmac::digest::KeyInit>(
+    secret: &[u8],
+    message: &[u8],
+    presented: &[u8],
+) -> bool {
+    let Ok(mut mac) = <M as hmac::digest::KeyInit>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(message);
+    mac.verify_slice(presented).is_ok()
+}
+
+/// `t=<timestamp>,v1=<hex>,v1=<hex>,v0=<hex>`: the timestamp and the `v1` signatures.
+fn parse_stripe(value: &str) -> Result<(Option<String>, Vec<String>), GatewayError> {
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in value.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", at)) if timestamp.is_none() => timestamp = Some(at.to_string()),
+            Some(("t", _)) => return Err(refused("the signature header gives two timestamps")),
+            Some(("v1", signature)) => signatures.push(signature.to_string()),
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or(refused("the signature header has no timestamp"))?;
+    Ok((Some(timestamp), signatures))
+}
+
+/// The time signatures are checked against: the system clock, or [`CLOCK_ENV`] when set.
+pub fn now() -> SystemTime {
+    static FIXED: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let fixed = FIXED.get_or_init(|| {
+        std::env::var(CLOCK_ENV)
+            .ok()
+            .and_then(|seconds| seconds.trim().parse().ok())
+    });
+    match fixed {
+        Some(seconds) => UNIX_EPOCH + Duration::from_secs(*seconds),
+        None => SystemTime::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn githubs_documented_vector_verifies_and_a_changed_byte_does_not() {
+        let check = SignatureCheck::github(vec!["It's a Secret to Everybody".into()]);
+        let signed = headers(&[(
+            "x-hub-signature-256",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+        )]);
+        assert!(check.verify(&signed, b"Hello, World!", now()).is_ok());
+        assert!(check.verify(&signed, b"Hello, World?", now()).is_err());
+        assert!(check
+            .verify(&HeaderMap::new(), b"Hello, World!", now())
+            .is_err());
+    }
+
+    #[test]
+    fn stripe_takes_any_v1_within_the_tolerance_and_never_v0() {
+        let check = SignatureCheck::stripe(vec!["whsec_test_secret".into()], DEFAULT_TOLERANCE);
+        let body = br#"{"id":"evt_test_1","object":"event","type":"payment_intent.succeeded"}"#;
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_100);
+        let old = "16aefa73878372c037f147c10813a519e6a72ba4d9e4f3ef790e9a49cca4b538";
+        let good = "871acfe933554b446cc41d791076dd56a10c0553cc61aafbeb881d0082b45043";
+        let v0 = "6ffbb59b2300aae63f272406069a9788598b792a944a07aba816edb039989a39";
+
+        for value in [
+            format!("t=1700000000,v1={old},v1={good},v0={v0}"),
+            format!("t=1700000000,v1={good},v1={old}"),
+        ] {
+            let signed = headers(&[("stripe-signature", &value)]);
+            assert!(check.verify(&signed, body, at).is_ok(), "{value}");
+        }
+        let only_v0 = headers(&[("stripe-signature", &format!("t=1700000000,v0={v0}"))]);
+        assert!(check.verify(&only_v0, body, at).is_err());
+        let late = UNIX_EPOCH + Duration::from_secs(1_700_000_401);
+        let signed = headers(&[("stripe-signature", &format!("t=1700000000,v1={good}"))]);
+        assert!(check.verify(&signed, body, late).is_err());
+    }
+
+    #[test]
+    fn shopify_wants_base64_and_rotation_accepts_either_secret() {
+        let body = br#"{"id":820982911946154508,"email":"jon@example.com"}"#;
+        let check = SignatureCheck::shopify(vec!["old-secret".into(), "shpss_test_secret".into()]);
+        let base64 = headers(&[(
+            "x-shopify-hmac-sha256",
+            "LnwdZPLBbdjkBwPD/lDL1/rYEGby/GHPtL1aAH6Dxjc=",
+        )]);
+        assert!(check.verify(&base64, body, now()).is_ok());
+        let hex = headers(&[(
+            "x-shopify-hmac-sha256",
+            "2e7c1d64f2c16dd8e40703c3fe50cbd7fad81066f2fc61cfb4bd5a007e83c637",
+        )]);
+        assert!(check.verify(&hex, body, now()).is_err());
+    }
+
+    #[test]
+    fn slack_signs_version_timestamp_and_body() {
+        let check = SignatureCheck::slack(vec!["slack_test_secret".into()], DEFAULT_TOLERANCE);
+        let body = b"token=x&command=%2Fdeploy&text=a%2Ab+c%2B1&user_name=jane.doe";
+        let signed = headers(&[
+            ("x-slack-request-timestamp", "1700000000"),
+            (
+                "x-slack-signature",
+                "v0=70cc4788596e224fc70dfee49da150c9557b58366568e035b6bcd3c79ca75786",
+            ),
+        ]);
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_010);
+        assert!(check.verify(&signed, body, at).is_ok());
+        let much_later = UNIX_EPOCH + Duration::from_secs(1_700_001_000);
+        assert!(check.verify(&signed, body, much_later).is_err());
+    }
+
+    #[test]
+    fn a_missing_secret_refuses_everything() {
+        let check = SignatureCheck::github(vec![String::new()]);
+        let signed = headers(&[(
+            "x-hub-signature-256",
+            "sha256=f7f9bd47fb987337b5796fdc1fdb9ba221d0d5396814bfcaf9521f43fd8927fd",
+        )]);
+        assert!(check.verify(&signed, b"", now()).is_err());
+        let configured = SignatureCheck::github(vec!["test_secret".into()]);
+        assert!(
+            configured.verify(&signed, b"", now()).is_ok(),
+            "an empty body verifies"
+        );
+    }
+}
