@@ -167,3 +167,82 @@ fn the_test_url_checks_the_signature_too_and_keeps_no_unsigned_sample() {
         "[redacted]"
     );
 }
+
+#[test]
+fn slack_url_verification_is_answered_with_its_challenge_once_signed() {
+    let signature = "  preset: slack\n  secret: \"${SLACK_SIGNING_SECRET:-slack_test_secret}\"\n";
+    let workflow = signed_workflow("slack", signature, "script: never.rhai\n");
+    let gateway = Start::custom(&[
+        ("workflows/slack.yaml", &workflow),
+        (
+            "scripts/never.rhai",
+            "throw \"the workflow must not run for a handshake\";",
+        ),
+    ])
+    .env("WEBHOOK_GATEWAY_SIGNATURE_CLOCK", "1700000005")
+    .run();
+    let body = br#"{"token":"Jhj5dZrVaK7ZwHHjRyZWjbDl","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
+    let headers = [
+        ("x-slack-request-timestamp", "1700000000"),
+        (
+            "x-slack-signature",
+            "v0=a495ef4010801a6887db40a81ed04985a5345c0fe0bd0eaf6662cfcc0e104662",
+        ),
+    ];
+    let answer = post(&gateway, "slack", body, &headers);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        answer.json(),
+        json!({"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"})
+    );
+
+    let unsigned = post(&gateway, "slack", body, &headers[..1]);
+    assert_eq!(unsigned.status, 401, "the handshake is verified first");
+}
+
+#[test]
+fn meta_subscription_echoes_the_challenge_for_the_right_token_only() {
+    let signature = "  preset: meta\n  secret: meta_secret\n  verify_token: verify_test_token\n";
+    let gateway = Gateway::custom(&[
+        (
+            "workflows/meta.yaml",
+            &signed_workflow("meta", signature, ""),
+        ),
+        ("workflows/plain.yaml", "id: plain\n"),
+    ]);
+    let subscribe = |token: &str| {
+        let path = format!(
+            "{}?hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token={token}",
+            gateway.path("meta")
+        );
+        gateway.send(&Request::new("GET", &path))
+    };
+    let answer = subscribe("verify_test_token");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), "1158201444");
+    let wrong = subscribe("guess");
+    assert_eq!(
+        (wrong.status, wrong.error_code()),
+        (403, "verification_failed".into())
+    );
+
+    let plain_get = gateway.send(&Request::new("GET", &gateway.path("plain")));
+    assert_eq!(
+        plain_get.status, 405,
+        "no handshake configured: GET is not allowed"
+    );
+}
+
+#[test]
+fn a_head_probe_sees_a_live_url_without_running_anything() {
+    let gateway = Gateway::custom(&[
+        ("workflows/live.yaml", "id: live\nscript: never.rhai\n"),
+        ("scripts/never.rhai", "throw \"must not run\";"),
+        ("workflows/off.yaml", "id: off\nactive: false\n"),
+    ]);
+    let probe = gateway.send(&Request::new("HEAD", &gateway.path("live")));
+    assert_eq!(probe.status, 200);
+    assert!(probe.body.is_empty());
+    let off = gateway.send(&Request::new("HEAD", &gateway.path("off")));
+    assert_eq!(off.status, 404, "an inactive workflow's URL is not live");
+}

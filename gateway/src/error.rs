@@ -33,6 +33,9 @@ pub enum GatewayError {
     #[error("the request's signature does not hold: {0}")]
     InvalidSignature(&'static str),
 
+    #[error("the subscription's verify token is not this workflow's")]
+    VerificationFailed,
+
     #[error("request body exceeds the limit of {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
 
@@ -143,6 +146,7 @@ impl GatewayError {
             Self::ConfigInvalid { .. } => 422,
             Self::MethodNotAllowed { .. } => 405,
             Self::Unauthorized(_) | Self::InvalidSignature(_) => 401,
+            Self::VerificationFailed => 403,
             Self::PayloadTooLarge { .. } => 413,
             Self::UnsupportedMediaType(_) => 415,
             Self::InvalidJson(_) | Self::JsonTooDeep { .. } | Self::BadRequest(_) => 400,
@@ -166,6 +170,7 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Unauthorized(_) => "unauthorized",
             Self::InvalidSignature(_) => "invalid_signature",
+            Self::VerificationFailed => "verification_failed",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::InvalidJson(_) => "invalid_json",

@@ -24,6 +24,15 @@ impl Reply {
         }
     }
 
+    /// A plain-text answer, for handshakes that expect a bare value back.
+    pub fn text(status: u16, text: &str) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type", "text/plain; charset=utf-8".to_string())],
+            body: Bytes::copy_from_slice(text.as_bytes()),
+        }
+    }
+
     /// The JSON error response for `error`, with its status and headers.
     pub fn error(error: &GatewayError, run_id: Option<&str>) -> Self {
         let mut reply = Self::json(error.status(), &error.to_json(run_id));

@@ -16,6 +16,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod forward;
+pub mod handshake;
 pub mod http_reply;
 pub mod mapping;
 pub mod memory;

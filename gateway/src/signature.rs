@@ -70,6 +70,8 @@ pub struct SignatureCheck {
     pub tolerance: Duration,
     /// Empty when the configured secret is missing: every request is refused.
     secrets: Vec<Vec<u8>>,
+    /// Meta's subscription handshake: the token its `GET ?hub.verify_token=` must carry.
+    pub verify_token: Option<String>,
 }
 
 impl std::fmt::Debug for SignatureCheck {
@@ -109,7 +111,17 @@ impl SignatureCheck {
             signed,
             tolerance,
             secrets,
+            verify_token: None,
         }
+    }
+
+    /// The preset for Meta (WhatsApp, Instagram, Messenger): GitHub's header and MAC, plus the
+    /// subscription handshake's verify token.
+    pub fn meta(secrets: Vec<String>, verify_token: Option<String>) -> Self {
+        let mut check = Self::github(secrets);
+        check.scheme_name = "meta";
+        check.verify_token = verify_token.filter(|token| !token.is_empty());
+        check
     }
 
     /// The preset for GitHub: `X-Hub-Signature-256: sha256=<hex>` over the body.

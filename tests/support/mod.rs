@@ -564,7 +564,12 @@ pub fn try_send(port: u16, request: &Request) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(PATIENCE))?;
     stream.write_all(&request.to_bytes())?;
-    read_response(&mut BufReader::new(stream))
+    let mut reader = BufReader::new(stream);
+    if request.method == "HEAD" {
+        // The answer to HEAD describes a body it does not send (RFC 9110 §9.3.2).
+        return read_head(&mut reader);
+    }
+    read_response(&mut reader)
 }
 
 /// Sends raw bytes on a new connection and reads one response.
@@ -577,6 +582,13 @@ pub fn send_raw(port: u16, bytes: &[u8]) -> std::io::Result<Response> {
 /// Reads one response: status line, headers, then a Content-Length, chunked or
 /// close-delimited body.
 pub fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
+    let mut response = read_head(reader)?;
+    response.body = read_body(reader, &response)?;
+    Ok(response)
+}
+
+/// Reads a response's status line and headers, leaving any body unread.
+fn read_head(reader: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
     let mut status_line = String::new();
     if reader.read_line(&mut status_line)? == 0 {
         return Err(std::io::Error::new(
@@ -603,13 +615,11 @@ pub fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Respo
         }
     }
 
-    let mut response = Response {
+    Ok(Response {
         status,
         headers,
         body: Vec::new(),
-    };
-    response.body = read_body(reader, &response)?;
-    Ok(response)
+    })
 }
 
 fn read_body(reader: &mut BufReader<TcpStream>, response: &Response) -> std::io::Result<Vec<u8>> {

@@ -371,12 +371,15 @@ pub struct SignatureFile {
     pub timestamp_header: Option<String>,
     /// How far a signed timestamp may be from now.
     pub tolerance_seconds: Option<u64>,
+    /// For `meta`: the token Meta's `GET ?hub.mode=subscribe` handshake must carry.
+    pub verify_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SignaturePresetFile {
     Github,
+    Meta,
     Stripe,
     Shopify,
     Slack,

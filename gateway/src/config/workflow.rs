@@ -155,6 +155,9 @@ fn signature_check(file: &SignatureFile, problems: &mut Problems<'_>) -> Option<
         ("timestamp_header", file.timestamp_header.is_some()),
     ];
     let preset = file.preset;
+    if file.verify_token.is_some() && !matches!(preset, SignaturePresetFile::Meta) {
+        problems.add("signature.verify_token", "only `preset: meta` takes it");
+    }
     if !matches!(preset, SignaturePresetFile::Hmac) {
         for (name, given) in generic_fields {
             if given {
@@ -168,6 +171,7 @@ fn signature_check(file: &SignatureFile, problems: &mut Problems<'_>) -> Option<
 
     Some(match preset {
         SignaturePresetFile::Github => SignatureCheck::github(secrets),
+        SignaturePresetFile::Meta => SignatureCheck::meta(secrets, file.verify_token.clone()),
         SignaturePresetFile::Shopify => SignatureCheck::shopify(secrets),
         SignaturePresetFile::Slack => SignatureCheck::slack(secrets, tolerance),
         SignaturePresetFile::Stripe => SignatureCheck::stripe(secrets, tolerance),

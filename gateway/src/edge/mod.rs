@@ -19,6 +19,7 @@ use crate::config::{ResponseMode, Workflow};
 use crate::error::GatewayError;
 use crate::forward::client::{self, Exchange};
 use crate::forward::{build_request, is_hop_by_hop, RequestIds};
+use crate::handshake;
 use crate::http_reply::Reply;
 use crate::pipeline::{self, Prepared, RequestParts};
 use crate::registry::LiveWorkflow;
@@ -103,8 +104,21 @@ impl Edge {
         ctx.live = Some(Arc::clone(&live));
         ctx.url_kind = routed.kind;
 
+        if routed.kind == UrlKind::Production && !live.is_active() {
+            return Err(GatewayError::WorkflowInactive(workflow.id.clone()));
+        }
+        let request = session.req_header();
+        if let Some(answer) =
+            handshake::before_body(&workflow, &request.method, request.uri.query())
+        {
+            return answer.map(Answer::Reply);
+        }
+
         if routed.kind == UrlKind::Test {
             let body = admit(session, &snapshot, &workflow).await?;
+            if let Some(reply) = handshake::after_signature(&workflow, &body) {
+                return Ok(Answer::Reply(reply));
+            }
             let kept = keep_sample(session, &live, SampleSource::Test, &body);
             let reply = self
                 .trace(session, &snapshot, &workflow, &body, kept, ctx)
@@ -112,10 +126,10 @@ impl Edge {
             return Ok(Answer::Reply(reply));
         }
 
-        if !live.is_active() {
-            return Err(GatewayError::WorkflowInactive(workflow.id.clone()));
-        }
         let body = admit(session, &snapshot, &workflow).await?;
+        if let Some(reply) = handshake::after_signature(&workflow, &body) {
+            return Ok(Answer::Reply(reply));
+        }
         if workflow.sample_production {
             keep_sample(session, &live, SampleSource::Production, &body);
         }
