@@ -246,3 +246,67 @@ fn a_head_probe_sees_a_live_url_without_running_anything() {
     let off = gateway.send(&Request::new("HEAD", &gateway.path("off")));
     assert_eq!(off.status, 404, "an inactive workflow's URL is not live");
 }
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+#[test]
+fn github_form_deliveries_are_verified_as_sent_then_read_from_their_payload_field() {
+    let mapping =
+        "mapping:\n  zen: { pointer: /zen }\n  hook_id: { pointer: /hook_id, type: integer }\n";
+    let gateway =
+        Gateway::custom(&[("workflows/gh.yaml", &signed_workflow("gh", GITHUB, mapping))]);
+    let body =
+        b"payload=%7B%22zen%22%3A%22Keep%20it%20logically%20awesome.%22%2C%22hook_id%22%3A1%7D";
+    let signature = "sha256=cb18e2ffb31ded64e7d82096cd49b158d36909241ebd00588e215c890ead0c2f";
+    let request = Request::post(&gateway.path("gh"), body.to_vec())
+        .without_header("content-type")
+        .header("content-type", FORM)
+        .header("x-hub-signature-256", signature);
+    let answer = gateway.send(&request);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        answer.json(),
+        json!({"zen": "Keep it logically awesome.", "hook_id": 1})
+    );
+}
+
+#[test]
+fn slack_commands_arrive_as_signed_forms_and_json_only_workflows_refuse_forms() {
+    let signature = "  preset: slack\n  secret: slack_test_secret\n";
+    let mapping = "mapping:\n  text: { pointer: /text }\n  command: { pointer: /command }\n";
+    let json_only = "id: strict\ntrigger:\n  formats: [json]\n";
+    let gateway = Start::custom(&[
+        (
+            "workflows/slack.yaml",
+            &signed_workflow("slack", signature, mapping),
+        ),
+        ("workflows/strict.yaml", json_only),
+    ])
+    .env("WEBHOOK_GATEWAY_SIGNATURE_CLOCK", "1700000000")
+    .run();
+    let body = b"token=x&command=%2Fdeploy&text=a%2Ab+c%2B1&user_name=jane.doe";
+    let request = Request::post(&gateway.path("slack"), body.to_vec())
+        .without_header("content-type")
+        .header("content-type", FORM)
+        .header("x-slack-request-timestamp", "1700000000")
+        .header(
+            "x-slack-signature",
+            "v0=70cc4788596e224fc70dfee49da150c9557b58366568e035b6bcd3c79ca75786",
+        );
+    let answer = gateway.send(&request);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        answer.json(),
+        json!({"text": "a*b c+1", "command": "/deploy"})
+    );
+
+    let form_to_strict = Request::post(&gateway.path("strict"), "a=1")
+        .without_header("content-type")
+        .header("content-type", FORM)
+        .header("x-api-key", TEST_KEY);
+    let refused = gateway.send(&form_to_strict);
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (415, "unsupported_media_type".into())
+    );
+}

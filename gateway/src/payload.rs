@@ -8,27 +8,81 @@ use crate::error::GatewayError;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// Accepts JSON media types: `application/json` and any `+json` suffix, matched
-/// case-insensitively with parameters ignored (RFC 9110 §8.3.1). A request without a
-/// `Content-Type` is read as JSON, since many senders omit it.
-pub fn check_content_type(content_type: Option<&str>) -> Result<(), GatewayError> {
-    let Some(raw) = content_type else {
-        return Ok(());
-    };
-    let essence = raw
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+/// The body formats the gateway decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
+}
 
-    let is_json =
-        essence == "application/json" || (essence.ends_with("+json") && essence.contains('/'));
-    if is_json {
-        Ok(())
-    } else {
-        Err(GatewayError::UnsupportedMediaType(truncate(raw, 100)))
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Form => "form",
+        }
     }
+}
+
+/// The format of a body by its media type: JSON for `application/json` and any `+json`
+/// suffix, form for `application/x-www-form-urlencoded`, matched case-insensitively with
+/// parameters ignored (RFC 9110 §8.3.1). A request without a `Content-Type` is read as JSON,
+/// since many senders omit it. Only the formats in `accepted` pass; the rest are 415.
+pub fn format_of(content_type: Option<&str>, accepted: &[Format]) -> Result<Format, GatewayError> {
+    let format = match content_type {
+        None => Some(Format::Json),
+        Some(raw) => {
+            let essence = raw
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if essence == "application/json"
+                || (essence.ends_with("+json") && essence.contains('/'))
+            {
+                Some(Format::Json)
+            } else if essence == "application/x-www-form-urlencoded" {
+                Some(Format::Form)
+            } else {
+                None
+            }
+        }
+    };
+    match format {
+        Some(format) if accepted.contains(&format) => Ok(format),
+        _ => {
+            let named = content_type.unwrap_or("(none)");
+            Err(GatewayError::UnsupportedMediaType(truncate(named, 100)))
+        }
+    }
+}
+
+/// Parses a form body into an object: a name given once is a string, a name given several
+/// times an array of strings. A form whose only field is `payload` holding JSON (GitHub's
+/// form deliveries) is that JSON document instead.
+pub fn parse_form(body: &[u8], max_depth: usize) -> Result<Value, GatewayError> {
+    let mut fields = serde_json::Map::new();
+    for (name, value) in form_urlencoded::parse(body) {
+        let value = Value::String(value.into_owned());
+        match fields.get_mut(name.as_ref()) {
+            Some(Value::Array(values)) => values.push(value),
+            Some(first) => *first = Value::Array(vec![first.take(), value]),
+            None => {
+                fields.insert(name.into_owned(), value);
+            }
+        }
+    }
+
+    if fields.len() == 1 {
+        if let Some(Value::String(inner)) = fields.get("payload") {
+            if let Ok(document) = parse_json(inner.as_bytes(), max_depth) {
+                return Ok(document);
+            }
+        }
+    }
+    Ok(Value::Object(fields))
 }
 
 /// Parses a JSON body. An empty body (or one of only white space) is the event `null`, so a
@@ -114,18 +168,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepts_json_media_types_in_any_case_with_parameters() {
-        for ok in [
+    fn media_types_match_in_any_case_with_parameters_and_only_accepted_formats_pass() {
+        let both = [Format::Json, Format::Form];
+        for json in [
             "application/json",
             "Application/JSON; charset=utf-8",
             "application/vnd.github+json",
         ] {
-            assert!(check_content_type(Some(ok)).is_ok(), "{ok}");
+            assert_eq!(
+                format_of(Some(json), &both).unwrap(),
+                Format::Json,
+                "{json}"
+            );
         }
-        assert!(check_content_type(None).is_ok());
+        assert_eq!(format_of(None, &both).unwrap(), Format::Json);
+        let form = "Application/X-WWW-Form-Urlencoded; charset=utf-8";
+        assert_eq!(format_of(Some(form), &both).unwrap(), Format::Form);
+        assert!(format_of(Some(form), &[Format::Json]).is_err());
         for refused in ["text/plain", "application/jsonx", "+json"] {
-            assert!(check_content_type(Some(refused)).is_err(), "{refused}");
+            assert!(format_of(Some(refused), &both).is_err(), "{refused}");
         }
+    }
+
+    #[test]
+    fn forms_become_objects_and_a_lone_json_payload_field_its_document() {
+        let slack = b"token=x&command=%2Fdeploy&text=a%2Ab+c%2B1&user_name=jane.doe&tag=1&tag=2";
+        let fields = parse_form(slack, 64).unwrap();
+        assert_eq!(fields["text"], "a*b c+1");
+        assert_eq!(fields["command"], "/deploy");
+        assert_eq!(fields["tag"], serde_json::json!(["1", "2"]));
+
+        let github =
+            b"payload=%7B%22zen%22%3A%22Keep%20it%20logically%20awesome.%22%2C%22hook_id%22%3A1%7D";
+        let inner = parse_form(github, 64).unwrap();
+        assert_eq!(inner["zen"], "Keep it logically awesome.");
+        assert_eq!(inner["hook_id"], 1);
+        let not_json = parse_form(b"payload=hello", 64).unwrap();
+        assert_eq!(not_json["payload"], "hello");
     }
 
     #[test]

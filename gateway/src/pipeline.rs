@@ -44,23 +44,28 @@ pub fn prepare(
     limits: &Limits,
     parts: &RequestParts<'_>,
 ) -> Result<Prepared, GatewayError> {
-    let event = decode(parts, limits, uses_event(workflow))?;
+    let event = decode(parts, limits, &workflow.formats, uses_event(workflow))?;
     validate(workflow, &event)?;
     map(workflow, event, parts)
 }
 
-/// Checks the content type and the JSON. Builds the tree only when `build_tree` is set;
-/// otherwise the syntax is checked and the event is `null`.
+/// Checks the content type against the workflow's formats and decodes the body. A JSON body
+/// becomes a tree only when `build_tree` is set; otherwise its syntax is checked and the event
+/// is `null`. A form always becomes an object.
 pub fn decode(
     parts: &RequestParts<'_>,
     limits: &Limits,
+    accepted: &[payload::Format],
     build_tree: bool,
 ) -> Result<Value, GatewayError> {
     let content_type = parts
         .headers
         .get(http::header::CONTENT_TYPE)
         .map(|value| value.to_str().unwrap_or("(not text)"));
-    payload::check_content_type(content_type)?;
+    let format = payload::format_of(content_type, accepted)?;
+    if format == payload::Format::Form {
+        return payload::parse_form(parts.body, limits.max_json_depth);
+    }
     if build_tree {
         return payload::parse_json(parts.body, limits.max_json_depth);
     }

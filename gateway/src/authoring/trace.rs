@@ -94,7 +94,9 @@ fn prepare_steps(
     extra: &mut Map<String, Value>,
 ) -> Option<Prepared> {
     let limits = &config.limits;
-    let event = trace.step("decode", || pipeline::decode(parts, limits, true), |_| None)?;
+    let formats = &workflow.formats;
+    let decode = || pipeline::decode(parts, limits, formats, true);
+    let event = trace.step("decode", decode, |_| None)?;
     let fields = discover(std::slice::from_ref(&event), &DiscoveryLimits::default()).fields;
     extra.insert("fields".into(), json!(fields));
     extra.insert("event".into(), event.clone());

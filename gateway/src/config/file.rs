@@ -474,6 +474,8 @@ pub struct TriggerFile {
     /// HTTP methods that may call the workflow.
     pub methods: Vec<String>,
     pub api_key: ApiKeyPolicyFile,
+    /// Body formats accepted; others get 415.
+    pub formats: Vec<FormatFile>,
 }
 
 impl Default for TriggerFile {
@@ -481,8 +483,18 @@ impl Default for TriggerFile {
         Self {
             methods: vec!["POST".into()],
             api_key: ApiKeyPolicyFile::default(),
+            formats: vec![FormatFile::Json, FormatFile::Form],
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FormatFile {
+    /// `application/json` and `*/*+json`.
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
 }
 
 #[derive(Debug, Deserialize)]

@@ -159,6 +159,8 @@ pub struct Workflow {
     pub active: bool,
     /// Uppercase method names.
     pub methods: Vec<String>,
+    /// Body formats accepted; at least one.
+    pub formats: Vec<crate::payload::Format>,
     pub key_policy: KeyPolicy,
     pub schema: Option<Schema>,
     pub mapping: Mapping,

@@ -2,14 +2,16 @@
 //! scripts, each problem reported with the workflow file and the field it concerns.
 
 use super::file::{
-    ForwardBodyFile, ForwardFile, MappingRuleFile, ResponseModeFile, SignatureAlgorithmFile,
-    SignatureEncodingFile, SignatureFile, SignaturePresetFile, ValueTypeFile, WorkflowFile,
+    FormatFile, ForwardBodyFile, ForwardFile, MappingRuleFile, ResponseModeFile,
+    SignatureAlgorithmFile, SignatureEncodingFile, SignatureFile, SignaturePresetFile,
+    ValueTypeFile, WorkflowFile,
 };
 use super::settings::GatewaySettings;
 use super::{read_yaml, ConfigError, Problems, ResponseMode, Workflow, MAX_BODY_LIMIT_BYTES};
 use crate::auth::KeyPolicy;
 use crate::forward::{refusal, Forward, ForwardBody, PathTemplate, RetryPolicy};
 use crate::mapping::{coerce, Mapping, Pointer, Rule, Source, ValueType};
+use crate::payload::Format;
 use crate::schema::Schema;
 use crate::script::{CompiledScript, ScriptEngine, RESERVED_NAMES};
 use crate::signature::{Algorithm, Encoding, Layout, SignatureCheck, Signed};
@@ -102,6 +104,7 @@ fn validate(
         .and_then(|forward| forward_settings(forward, &file, &mapping, gateway, &mut problems));
     let workflow = Workflow {
         methods: methods(&file.trigger.methods, &mut problems),
+        formats: formats(&file.trigger.formats, &mut problems),
         key_policy: key_policy(&file, gateway, &mut problems),
         schema: schema(path, &file, &mut problems),
         mapping,
@@ -282,6 +285,23 @@ fn methods(listed: &[String], problems: &mut Problems<'_>) -> Vec<String> {
         }
     }
     methods
+}
+
+fn formats(listed: &[FormatFile], problems: &mut Problems<'_>) -> Vec<Format> {
+    if listed.is_empty() {
+        problems.add("trigger.formats", "lists no format");
+    }
+    let mut formats = Vec::new();
+    for format in listed {
+        let format = match format {
+            FormatFile::Json => Format::Json,
+            FormatFile::Form => Format::Form,
+        };
+        if !formats.contains(&format) {
+            formats.push(format);
+        }
+    }
+    formats
 }
 
 fn key_policy(
