@@ -60,7 +60,7 @@ fn meta_subscription(
 /// A handshake answered once the body is read and its signature verified.
 pub fn after_signature(workflow: &Workflow, body: &[u8]) -> Option<Reply> {
     let signature = workflow.signature.as_ref()?;
-    if signature.scheme_name != "slack" {
+    if signature.scheme.name != "slack" {
         return None;
     }
     let event: Value = serde_json::from_slice(body).ok()?;

@@ -59,14 +59,84 @@ pub enum Layout {
     Stripe,
 }
 
-/// One workflow's signature check, validated.
-#[derive(Clone)]
-pub struct SignatureCheck {
-    pub scheme_name: &'static str,
+/// How a sender signs: which MAC, how it is written, where it is, and over what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scheme {
+    pub name: &'static str,
     pub algorithm: Algorithm,
     pub encoding: Encoding,
     pub layout: Layout,
     pub signed: Signed,
+}
+
+impl Scheme {
+    /// GitHub: `X-Hub-Signature-256: sha256=<hex>` over the body.
+    pub fn github() -> Self {
+        Self {
+            name: "github",
+            algorithm: Algorithm::Sha256,
+            encoding: Encoding::Hex,
+            layout: Layout::Header {
+                name: "x-hub-signature-256".into(),
+                prefix: "sha256=".into(),
+                timestamp_header: None,
+            },
+            signed: Signed::Body,
+        }
+    }
+
+    /// Shopify: `X-Shopify-Hmac-Sha256: <base64>` over the body.
+    pub fn shopify() -> Self {
+        Self {
+            name: "shopify",
+            algorithm: Algorithm::Sha256,
+            encoding: Encoding::Base64,
+            layout: Layout::Header {
+                name: "x-shopify-hmac-sha256".into(),
+                prefix: String::new(),
+                timestamp_header: None,
+            },
+            signed: Signed::Body,
+        }
+    }
+
+    /// Slack: `X-Slack-Signature: v0=<hex>` over `v0:<timestamp>:<body>`.
+    pub fn slack() -> Self {
+        Self {
+            name: "slack",
+            algorithm: Algorithm::Sha256,
+            encoding: Encoding::Hex,
+            layout: Layout::Header {
+                name: "x-slack-signature".into(),
+                prefix: "v0=".into(),
+                timestamp_header: Some("x-slack-request-timestamp".into()),
+            },
+            signed: Signed::TimestampAndBody {
+                before: "v0:",
+                between: ":",
+            },
+        }
+    }
+
+    /// Stripe: `Stripe-Signature: t=..,v1=..` over `<timestamp>.<body>`.
+    pub fn stripe() -> Self {
+        Self {
+            name: "stripe",
+            algorithm: Algorithm::Sha256,
+            encoding: Encoding::Hex,
+            layout: Layout::Stripe,
+            signed: Signed::TimestampAndBody {
+                before: "",
+                between: ".",
+            },
+        }
+    }
+}
+
+/// One workflow's signature check, validated.
+#[derive(Clone)]
+pub struct SignatureCheck {
+    pub scheme: Scheme,
     pub tolerance: Duration,
     /// Empty when the configured secret is missing: every request is refused.
     secrets: Vec<Vec<u8>>,
@@ -77,7 +147,7 @@ pub struct SignatureCheck {
 impl std::fmt::Debug for SignatureCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SignatureCheck")
-            .field("scheme", &self.scheme_name)
+            .field("scheme", &self.scheme.name)
             .field("secrets", &self.secrets.len())
             .finish()
     }
@@ -89,109 +159,31 @@ fn refused(reason: &'static str) -> GatewayError {
 }
 
 impl SignatureCheck {
-    pub fn new(
-        scheme_name: &'static str,
-        algorithm: Algorithm,
-        encoding: Encoding,
-        layout: Layout,
-        signed: Signed,
-        tolerance: Duration,
-        secrets: Vec<String>,
-    ) -> Self {
+    /// Empty secrets are dropped; with none left, every request is refused.
+    pub fn new(scheme: Scheme, tolerance: Duration, secrets: Vec<String>) -> Self {
         let secrets = secrets
             .into_iter()
             .filter(|secret| !secret.is_empty())
             .map(String::into_bytes)
             .collect();
         Self {
-            scheme_name,
-            algorithm,
-            encoding,
-            layout,
-            signed,
+            scheme,
             tolerance,
             secrets,
             verify_token: None,
         }
     }
 
-    /// The preset for Meta (WhatsApp, Instagram, Messenger): GitHub's header and MAC, plus the
-    /// subscription handshake's verify token.
+    /// Meta (WhatsApp, Instagram, Messenger): GitHub's header and MAC, plus the verify token
+    /// of its subscription handshake.
     pub fn meta(secrets: Vec<String>, verify_token: Option<String>) -> Self {
-        let mut check = Self::github(secrets);
-        check.scheme_name = "meta";
+        let scheme = Scheme {
+            name: "meta",
+            ..Scheme::github()
+        };
+        let mut check = Self::new(scheme, DEFAULT_TOLERANCE, secrets);
         check.verify_token = verify_token.filter(|token| !token.is_empty());
         check
-    }
-
-    /// The preset for GitHub: `X-Hub-Signature-256: sha256=<hex>` over the body.
-    pub fn github(secrets: Vec<String>) -> Self {
-        let layout = Layout::Header {
-            name: "x-hub-signature-256".into(),
-            prefix: "sha256=".into(),
-            timestamp_header: None,
-        };
-        let (sha, hex, body) = (Algorithm::Sha256, Encoding::Hex, Signed::Body);
-        Self::new("github", sha, hex, layout, body, DEFAULT_TOLERANCE, secrets)
-    }
-
-    /// The preset for Shopify: `X-Shopify-Hmac-Sha256: <base64>` over the body.
-    pub fn shopify(secrets: Vec<String>) -> Self {
-        let layout = Layout::Header {
-            name: "x-shopify-hmac-sha256".into(),
-            prefix: String::new(),
-            timestamp_header: None,
-        };
-        let (sha, b64, body) = (Algorithm::Sha256, Encoding::Base64, Signed::Body);
-        Self::new(
-            "shopify",
-            sha,
-            b64,
-            layout,
-            body,
-            DEFAULT_TOLERANCE,
-            secrets,
-        )
-    }
-
-    /// The preset for Slack: `X-Slack-Signature: v0=<hex>` over `v0:<timestamp>:<body>`.
-    pub fn slack(secrets: Vec<String>, tolerance: Duration) -> Self {
-        let layout = Layout::Header {
-            name: "x-slack-signature".into(),
-            prefix: "v0=".into(),
-            timestamp_header: Some("x-slack-request-timestamp".into()),
-        };
-        let signed = Signed::TimestampAndBody {
-            before: "v0:",
-            between: ":",
-        };
-        Self::new(
-            "slack",
-            Algorithm::Sha256,
-            Encoding::Hex,
-            layout,
-            signed,
-            tolerance,
-            secrets,
-        )
-    }
-
-    /// The preset for Stripe: `Stripe-Signature: t=..,v1=..` over `<timestamp>.<body>`.
-    pub fn stripe(secrets: Vec<String>, tolerance: Duration) -> Self {
-        let signed = Signed::TimestampAndBody {
-            before: "",
-            between: ".",
-        };
-        let layout = Layout::Stripe;
-        Self::new(
-            "stripe",
-            Algorithm::Sha256,
-            Encoding::Hex,
-            layout,
-            signed,
-            tolerance,
-            secrets,
-        )
     }
 
     /// Checks the request's signature over `body`, at time `now`.
@@ -240,7 +232,7 @@ impl SignatureCheck {
             Ok(Some(text.trim().to_string()))
         };
 
-        match &self.layout {
+        match &self.scheme.layout {
             Layout::Header {
                 name,
                 prefix,
@@ -283,7 +275,7 @@ impl SignatureCheck {
     }
 
     fn message(&self, timestamp: Option<&str>, body: &[u8]) -> Vec<u8> {
-        match (&self.signed, timestamp) {
+        match (&self.scheme.signed, timestamp) {
             (Signed::TimestampAndBody { before, between }, Some(timestamp)) => {
                 let mut message =
                     Vec::with_capacity(before.len() + timestamp.len() + between.len() + body.len());
@@ -298,7 +290,7 @@ impl SignatureCheck {
     }
 
     fn decode(&self, signature: &str) -> Option<Vec<u8>> {
-        match self.encoding {
+        match self.scheme.encoding {
             Encoding::Hex => hex::decode(signature.to_ascii_lowercase()).ok(),
             Encoding::Base64 => base64::engine::general_purpose::STANDARD
                 .decode(signature)
@@ -309,11 +301,13 @@ impl SignatureCheck {
     /// Whether `presented` is the MAC of `message` under any configured secret, compared in
     /// constant time.
     fn matches_a_secret(&self, message: &[u8], presented: &[u8]) -> bool {
-        self.secrets.iter().any(|secret| match self.algorithm {
-            Algorithm::Sha1 => verify_mac::<Hmac<sha1::Sha1>>(secret, message, presented),
-            Algorithm::Sha256 => verify_mac::<Hmac<sha2::Sha256>>(secret, message, presented),
-            Algorithm::Sha512 => verify_mac::<Hmac<sha2::Sha512>>(secret, message, presented),
-        })
+        self.secrets
+            .iter()
+            .any(|secret| match self.scheme.algorithm {
+                Algorithm::Sha1 => verify_mac::<Hmac<sha1::Sha1>>(secret, message, presented),
+                Algorithm::Sha256 => verify_mac::<Hmac<sha2::Sha256>>(secret, message, presented),
+                Algorithm::Sha512 => verify_mac::<Hmac<sha2::Sha512>>(secret, message, presented),
+            })
     }
 }
 
@@ -376,7 +370,11 @@ mod tests {
 
     #[test]
     fn githubs_documented_vector_verifies_and_a_changed_byte_does_not() {
-        let check = SignatureCheck::github(vec!["It's a Secret to Everybody".into()]);
+        let check = SignatureCheck::new(
+            Scheme::github(),
+            DEFAULT_TOLERANCE,
+            vec!["It's a Secret to Everybody".into()],
+        );
         let signed = headers(&[(
             "x-hub-signature-256",
             "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
@@ -390,7 +388,11 @@ mod tests {
 
     #[test]
     fn stripe_takes_any_v1_within_the_tolerance_and_never_v0() {
-        let check = SignatureCheck::stripe(vec!["whsec_test_secret".into()], DEFAULT_TOLERANCE);
+        let check = SignatureCheck::new(
+            Scheme::stripe(),
+            DEFAULT_TOLERANCE,
+            vec!["whsec_test_secret".into()],
+        );
         let body = br#"{"id":"evt_test_1","object":"event","type":"payment_intent.succeeded"}"#;
         let at = UNIX_EPOCH + Duration::from_secs(1_700_000_100);
         let old = "16aefa73878372c037f147c10813a519e6a72ba4d9e4f3ef790e9a49cca4b538";
@@ -414,7 +416,11 @@ mod tests {
     #[test]
     fn shopify_wants_base64_and_rotation_accepts_either_secret() {
         let body = br#"{"id":820982911946154508,"email":"jon@example.com"}"#;
-        let check = SignatureCheck::shopify(vec!["old-secret".into(), "shpss_test_secret".into()]);
+        let check = SignatureCheck::new(
+            Scheme::shopify(),
+            DEFAULT_TOLERANCE,
+            vec!["old-secret".into(), "shpss_test_secret".into()],
+        );
         let base64 = headers(&[(
             "x-shopify-hmac-sha256",
             "LnwdZPLBbdjkBwPD/lDL1/rYEGby/GHPtL1aAH6Dxjc=",
@@ -429,7 +435,11 @@ mod tests {
 
     #[test]
     fn slack_signs_version_timestamp_and_body() {
-        let check = SignatureCheck::slack(vec!["slack_test_secret".into()], DEFAULT_TOLERANCE);
+        let check = SignatureCheck::new(
+            Scheme::slack(),
+            DEFAULT_TOLERANCE,
+            vec!["slack_test_secret".into()],
+        );
         let body = b"token=x&command=%2Fdeploy&text=a%2Ab+c%2B1&user_name=jane.doe";
         let signed = headers(&[
             ("x-slack-request-timestamp", "1700000000"),
@@ -446,13 +456,17 @@ mod tests {
 
     #[test]
     fn a_missing_secret_refuses_everything() {
-        let check = SignatureCheck::github(vec![String::new()]);
+        let check = SignatureCheck::new(Scheme::github(), DEFAULT_TOLERANCE, vec![String::new()]);
         let signed = headers(&[(
             "x-hub-signature-256",
             "sha256=f7f9bd47fb987337b5796fdc1fdb9ba221d0d5396814bfcaf9521f43fd8927fd",
         )]);
         assert!(check.verify(&signed, b"", now()).is_err());
-        let configured = SignatureCheck::github(vec!["test_secret".into()]);
+        let configured = SignatureCheck::new(
+            Scheme::github(),
+            DEFAULT_TOLERANCE,
+            vec!["test_secret".into()],
+        );
         assert!(
             configured.verify(&signed, b"", now()).is_ok(),
             "an empty body verifies"

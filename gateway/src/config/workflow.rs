@@ -14,7 +14,7 @@ use crate::mapping::{coerce, Mapping, Pointer, Rule, Source, ValueType};
 use crate::payload::Format;
 use crate::schema::Schema;
 use crate::script::{CompiledScript, ScriptEngine, RESERVED_NAMES};
-use crate::signature::{Algorithm, Encoding, Layout, SignatureCheck, Signed};
+use crate::signature::{Algorithm, Encoding, Layout, Scheme, SignatureCheck, Signed};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -173,21 +173,19 @@ fn signature_check(file: &SignatureFile, problems: &mut Problems<'_>) -> Option<
     }
 
     Some(match preset {
-        SignaturePresetFile::Github => SignatureCheck::github(secrets),
+        SignaturePresetFile::Github => SignatureCheck::new(Scheme::github(), tolerance, secrets),
         SignaturePresetFile::Meta => SignatureCheck::meta(secrets, file.verify_token.clone()),
-        SignaturePresetFile::Shopify => SignatureCheck::shopify(secrets),
-        SignaturePresetFile::Slack => SignatureCheck::slack(secrets, tolerance),
-        SignaturePresetFile::Stripe => SignatureCheck::stripe(secrets, tolerance),
-        SignaturePresetFile::Hmac => generic_hmac(file, secrets, tolerance, problems)?,
+        SignaturePresetFile::Shopify => SignatureCheck::new(Scheme::shopify(), tolerance, secrets),
+        SignaturePresetFile::Slack => SignatureCheck::new(Scheme::slack(), tolerance, secrets),
+        SignaturePresetFile::Stripe => SignatureCheck::new(Scheme::stripe(), tolerance, secrets),
+        SignaturePresetFile::Hmac => {
+            SignatureCheck::new(generic_scheme(file, problems)?, tolerance, secrets)
+        }
     })
 }
 
-fn generic_hmac(
-    file: &SignatureFile,
-    secrets: Vec<String>,
-    tolerance: Duration,
-    problems: &mut Problems<'_>,
-) -> Option<SignatureCheck> {
+/// The scheme `preset: hmac` describes field by field.
+fn generic_scheme(file: &SignatureFile, problems: &mut Problems<'_>) -> Option<Scheme> {
     let header = header_name(file.header.as_deref(), "signature.header", problems)?;
     let timestamp_header = match file.timestamp_header.as_deref() {
         Some(name) => Some(header_name(
@@ -218,9 +216,13 @@ fn generic_hmac(
         prefix: file.prefix.clone().unwrap_or_default(),
         timestamp_header,
     };
-    Some(SignatureCheck::new(
-        "hmac", algorithm, encoding, layout, signed, tolerance, secrets,
-    ))
+    Some(Scheme {
+        name: "hmac",
+        algorithm,
+        encoding,
+        layout,
+        signed,
+    })
 }
 
 /// A header name from the configuration, lowercased; reported when missing or invalid.
