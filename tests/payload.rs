@@ -346,3 +346,62 @@ fn stalled_body_is_408_not_a_hang() {
     assert_eq!(response.error_code(), "request_timeout");
     assert_eq!(gateway.post_json(&gateway.path("raw"), "{}").status, 200);
 }
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[test]
+fn gzip_bodies_are_expanded_under_the_body_limit() {
+    let workflow = "id: zipped\nmax_body_bytes: 1000\nmapping:\n  n: { pointer: /n }\n";
+    let gateway = Gateway::custom(&[("workflows/zipped.yaml", workflow)]);
+    let zipped = |body: Vec<u8>| {
+        let request = Request::post(&gateway.path("zipped"), body)
+            .header("content-encoding", "gzip")
+            .header("x-api-key", TEST_KEY);
+        gateway.send(&request)
+    };
+
+    let small = zipped(gzip(br#"{"n": 7}"#));
+    assert_eq!(small.status, 200, "{}", small.text());
+    assert_eq!(small.json(), serde_json::json!({"n": 7}));
+
+    let padded = format!(r#"{{"n": 1, "pad": "{}"}}"#, " ".repeat(5_000));
+    let bomb = gzip(padded.as_bytes());
+    assert!(bomb.len() < 1000, "compressed it fits the limit");
+    let refused = zipped(bomb);
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (413, "payload_too_large".into())
+    );
+
+    let corrupt = zipped(gzip(br#"{"n": 7}"#)[..12].to_vec());
+    assert_eq!(
+        (corrupt.status, corrupt.error_code()),
+        (400, "bad_request".into())
+    );
+}
+
+#[test]
+fn plain_text_is_one_string_where_the_workflow_accepts_it() {
+    let workflow = "id: notes\ntrigger:\n  formats: [text]\nscript: notes.rhai\n";
+    let gateway = Gateway::custom(&[
+        ("workflows/notes.yaml", workflow),
+        ("scripts/notes.rhai", "#{ words: event.split(\" \").len() }"),
+    ]);
+    let request = Request::post(&gateway.path("notes"), "three little words")
+        .without_header("content-type")
+        .header("content-type", "text/plain; charset=utf-8")
+        .header("x-api-key", TEST_KEY);
+    let answer = gateway.send(&request);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json(), serde_json::json!({"words": 3}));
+    assert_eq!(
+        gateway.post_json(&gateway.path("notes"), "{}").status,
+        415,
+        "json is not listed"
+    );
+}

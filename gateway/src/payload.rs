@@ -14,15 +14,41 @@ pub enum Format {
     Json,
     /// `application/x-www-form-urlencoded`.
     Form,
+    /// `text/plain`: the event is the body as one string.
+    Text,
 }
 
-impl Format {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Json => "json",
-            Self::Form => "form",
+/// Undoes `Content-Encoding: gzip` (or `x-gzip`), stopping past `limit` decompressed bytes so
+/// that a small compressed body cannot expand without bound. `identity` and no encoding pass
+/// the body through; any other coding is 415 (RFC 9110 §15.5.16).
+pub fn decompress(
+    content_encoding: Option<&str>,
+    body: bytes::Bytes,
+    limit: usize,
+) -> Result<bytes::Bytes, GatewayError> {
+    use std::io::Read;
+
+    let coding = content_encoding.map(|coding| coding.trim().to_ascii_lowercase());
+    match coding.as_deref() {
+        None | Some("" | "identity") => return Ok(body),
+        Some("gzip" | "x-gzip") => {}
+        Some(other) => {
+            return Err(GatewayError::UnsupportedMediaType(format!(
+                "content-encoding {}",
+                truncate(other, 50)
+            )))
         }
     }
+
+    let mut decompressed = Vec::new();
+    let mut reader = flate2::read::GzDecoder::new(&body[..]).take(limit as u64 + 1);
+    reader
+        .read_to_end(&mut decompressed)
+        .map_err(|_| GatewayError::BadRequest("the gzip body is corrupt".into()))?;
+    if decompressed.len() > limit {
+        return Err(GatewayError::PayloadTooLarge { limit_bytes: limit });
+    }
+    Ok(bytes::Bytes::from(decompressed))
 }
 
 /// The format of a body by its media type: JSON for `application/json` and any `+json`
@@ -45,6 +71,8 @@ pub fn format_of(content_type: Option<&str>, accepted: &[Format]) -> Result<Form
                 Some(Format::Json)
             } else if essence == "application/x-www-form-urlencoded" {
                 Some(Format::Form)
+            } else if essence == "text/plain" {
+                Some(Format::Text)
             } else {
                 None
             }
@@ -57,6 +85,14 @@ pub fn format_of(content_type: Option<&str>, accepted: &[Format]) -> Result<Form
             Err(GatewayError::UnsupportedMediaType(truncate(named, 100)))
         }
     }
+}
+
+/// A `text/plain` body as the event: one string. Bytes that are not UTF-8 are 400.
+pub fn parse_text(body: &[u8]) -> Result<Value, GatewayError> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    std::str::from_utf8(body)
+        .map(|text| Value::String(text.to_string()))
+        .map_err(|_| GatewayError::BadRequest("the text body is not UTF-8".into()))
 }
 
 /// Parses a form body into an object: a name given once is a string, a name given several
@@ -188,6 +224,25 @@ mod tests {
         for refused in ["text/plain", "application/jsonx", "+json"] {
             assert!(format_of(Some(refused), &both).is_err(), "{refused}");
         }
+    }
+
+    #[test]
+    fn gzip_bodies_are_expanded_within_the_limit_and_corrupt_ones_refused() {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&[b' '; 10_000]).unwrap();
+        let compressed = bytes::Bytes::from(encoder.finish().unwrap());
+
+        let expanded = decompress(Some("GZIP"), compressed.clone(), 10_000).unwrap();
+        assert_eq!(expanded.len(), 10_000);
+        let too_big = decompress(Some("gzip"), compressed.clone(), 9_999).unwrap_err();
+        assert_eq!(too_big.status(), 413);
+        let corrupt = decompress(Some("gzip"), compressed.slice(..20), 10_000).unwrap_err();
+        assert_eq!(corrupt.status(), 400);
+        assert_eq!(
+            decompress(Some("br"), compressed, 10).unwrap_err().status(),
+            415
+        );
     }
 
     #[test]

@@ -62,9 +62,10 @@ pub fn decode(
         .headers
         .get(http::header::CONTENT_TYPE)
         .map(|value| value.to_str().unwrap_or("(not text)"));
-    let format = payload::format_of(content_type, accepted)?;
-    if format == payload::Format::Form {
-        return payload::parse_form(parts.body, limits.max_json_depth);
+    match payload::format_of(content_type, accepted)? {
+        payload::Format::Form => return payload::parse_form(parts.body, limits.max_json_depth),
+        payload::Format::Text => return payload::parse_text(parts.body),
+        payload::Format::Json => {}
     }
     if build_tree {
         return payload::parse_json(parts.body, limits.max_json_depth);

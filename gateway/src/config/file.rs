@@ -495,6 +495,8 @@ pub enum FormatFile {
     Json,
     /// `application/x-www-form-urlencoded`.
     Form,
+    /// `text/plain`.
+    Text,
 }
 
 #[derive(Debug, Deserialize)]

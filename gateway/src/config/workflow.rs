@@ -298,6 +298,7 @@ fn formats(listed: &[FormatFile], problems: &mut Problems<'_>) -> Vec<Format> {
         let format = match format {
             FormatFile::Json => Format::Json,
             FormatFile::Form => Format::Form,
+            FormatFile::Text => Format::Text,
         };
         if !formats.contains(&format) {
             formats.push(format);

@@ -329,7 +329,8 @@ fn request_id(session: &Session) -> String {
 }
 
 /// The checks every request to a workflow's URLs passes before its body is used: method,
-/// API key, declared size, then the body itself, capped and timed, and its signature.
+/// API key, declared size, then the body itself, capped and timed, its signature, and its
+/// content coding undone within the same size limit.
 async fn admit(
     session: &mut Session,
     snapshot: &Snapshot,
@@ -353,11 +354,14 @@ async fn admit(
     let body = read_body(session, workflow.max_body_bytes, declared, total_timeout).await?;
 
     // Over the bytes exactly as received, before anything parses them.
+    let headers = &session.req_header().headers;
     if let Some(signature) = &workflow.signature {
-        let headers = &session.req_header().headers;
         signature.verify(headers, &body, crate::signature::now())?;
     }
-    Ok(body)
+    let coding = headers
+        .get(http::header::CONTENT_ENCODING)
+        .map(|value| value.to_str().unwrap_or("(not text)"));
+    crate::payload::decompress(coding, body, workflow.max_body_bytes)
 }
 
 /// Keeps an authenticated event as a sample of its workflow; false when it was not kept.
