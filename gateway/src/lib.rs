@@ -18,6 +18,8 @@ pub mod error;
 pub mod forward;
 pub mod handshake;
 pub mod http_reply;
+#[cfg(test)]
+mod intake_fuzz;
 pub mod mapping;
 pub mod memory;
 pub mod payload;
