@@ -484,7 +484,8 @@ fn a_test_event_answers_the_status_production_would() {
 
 #[test]
 fn a_slow_request_to_a_removed_workflow_leaves_the_sample_budget_whole() {
-    // One sample (a 300-byte body plus its headers) fits the budget, two do not.
+    // A sample (a 300-byte body plus its headers) costs about 400 bytes: three leaked ones
+    // would leave no room.
     let config = format!("{BASE_CONFIG}samples:\n  max_total_bytes: 1000\n");
     let gateway = Gateway::custom(&[
         ("gateway.yaml", &config),

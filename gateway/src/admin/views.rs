@@ -100,7 +100,7 @@ pub fn replay(
     let query = sample_query(sample);
     let arrived = Arrived {
         method: &sample.method,
-        headers: &sample.replay_headers,
+        headers: &sample.headers,
         query: query.as_deref(),
         body: &sample.raw,
     };

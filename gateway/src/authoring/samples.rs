@@ -41,7 +41,10 @@ pub struct Sample {
     pub received_at: String,
     pub source: SampleSource,
     pub method: String,
-    pub headers: Map<String, Value>,
+    /// Repeats kept apart and credentials replaced; shown as text with repeats joined, and
+    /// sent as they are when the sample is replayed.
+    #[serde(serialize_with = "joined_headers")]
+    pub headers: HeaderMap,
     pub query: Map<String, Value>,
     pub body_bytes: usize,
     pub body_truncated: bool,
@@ -50,9 +53,13 @@ pub struct Sample {
     /// The kept bytes, shown as `body` in `body_encoding`; held once, as received.
     #[serde(rename = "body", serialize_with = "body_text")]
     pub raw: Bytes,
-    /// The headers as they arrived, repeats kept apart and credentials replaced, for replays.
-    #[serde(skip)]
-    pub replay_headers: HeaderMap,
+}
+
+fn joined_headers<S: serde::Serializer>(
+    headers: &HeaderMap,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&redacted_headers(headers), serializer)
 }
 
 fn body_text<S: serde::Serializer>(raw: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
@@ -89,30 +96,29 @@ impl Sample {
             received_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             source: arrival.source,
             method: arrival.method.to_string(),
-            headers: redacted_headers(arrival.headers),
+            headers: redacted_header_map(arrival.headers),
             query: redacted_query(arrival.query),
             body_bytes,
             body_truncated: raw.len() < body_bytes,
             body_encoding,
             raw,
-            replay_headers: redacted_header_map(arrival.headers),
         }
     }
 
     /// Bytes this sample holds against the budget: the body, and the headers and query,
     /// which a caller can make large too.
     fn cost(&self) -> usize {
-        let text = |map: &Map<String, Value>| {
-            map.iter()
-                .map(|(name, value)| name.len() + value.as_str().map_or(0, str::len))
-                .sum::<usize>()
-        };
-        let replay: usize = self
-            .replay_headers
+        let headers: usize = self
+            .headers
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len())
             .sum();
-        self.raw.len() + text(&self.headers) + text(&self.query) + replay
+        let query: usize = self
+            .query
+            .iter()
+            .map(|(name, value)| name.len() + value.as_str().map_or(0, str::len))
+            .sum();
+        self.raw.len() + headers + query
     }
 
     /// The kept body as text, as the admin API shows it.
