@@ -36,6 +36,24 @@ pub enum GatewayError {
     #[error("the subscription's verify token is not this workflow's")]
     VerificationFailed,
 
+    #[error("requests from this address are not allowed for this workflow")]
+    AddressNotAllowed,
+
+    #[error("too many requests for this {scope}; retry in {retry_after_seconds} s")]
+    RateLimited {
+        /// `workflow` or `api key`: whose limit was reached.
+        scope: &'static str,
+        retry_after_seconds: u64,
+    },
+
+    #[error(
+        "this event is being run for an earlier request with the same idempotency key; retry later"
+    )]
+    DuplicateInProgress,
+
+    #[error("the idempotency key is missing: {0}")]
+    IdempotencyKeyMissing(String),
+
     #[error("request body exceeds the limit of {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
 
@@ -146,7 +164,10 @@ impl GatewayError {
             Self::ConfigInvalid { .. } => 422,
             Self::MethodNotAllowed { .. } => 405,
             Self::Unauthorized(_) | Self::InvalidSignature(_) => 401,
-            Self::VerificationFailed => 403,
+            Self::VerificationFailed | Self::AddressNotAllowed => 403,
+            Self::RateLimited { .. } => 429,
+            Self::DuplicateInProgress => 409,
+            Self::IdempotencyKeyMissing(_) => 400,
             Self::PayloadTooLarge { .. } => 413,
             Self::UnsupportedMediaType(_) => 415,
             Self::InvalidJson(_) | Self::JsonTooDeep { .. } | Self::BadRequest(_) => 400,
@@ -171,6 +192,10 @@ impl GatewayError {
             Self::Unauthorized(_) => "unauthorized",
             Self::InvalidSignature(_) => "invalid_signature",
             Self::VerificationFailed => "verification_failed",
+            Self::AddressNotAllowed => "address_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::DuplicateInProgress => "duplicate_in_progress",
+            Self::IdempotencyKeyMissing(_) => "idempotency_key_missing",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::InvalidJson(_) => "invalid_json",
@@ -205,7 +230,12 @@ impl GatewayError {
             Self::MethodNotAllowed { allowed, .. } => vec![("allow", allowed.clone())],
             Self::Overloaded {
                 retry_after_seconds,
+            }
+            | Self::RateLimited {
+                retry_after_seconds,
+                ..
             } => vec![("retry-after", retry_after_seconds.to_string())],
+            Self::DuplicateInProgress => vec![("retry-after", "1".to_string())],
             Self::BackendUnavailable { status: 503, .. } => vec![("retry-after", "5".to_string())],
             Self::Unauthorized(_) | Self::Rejected { status: 401, .. } => vec![(
                 "www-authenticate",

@@ -3,7 +3,7 @@
 //! never panic. A bounded number of cases runs with the unit tests.
 
 use crate::payload::{self, Format};
-use crate::signature::{Scheme, SignatureCheck, DEFAULT_TOLERANCE};
+use crate::signature::{Scheme, SignatureCheck, SignedRequest, DEFAULT_TOLERANCE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 
@@ -46,6 +46,11 @@ fn signature_headers() -> impl Strategy<Value = Vec<(String, String)>> {
         Just("x-shopify-hmac-sha256".to_string()),
         Just("x-slack-signature".to_string()),
         Just("x-slack-request-timestamp".to_string()),
+        Just("x-twilio-signature".to_string()),
+        Just("webhook-id".to_string()),
+        Just("webhook-timestamp".to_string()),
+        Just("webhook-signature".to_string()),
+        Just("content-type".to_string()),
         "[a-z-]{1,20}",
     ];
     proptest::collection::vec((name, "[ -~]{0,120}"), 0..6)
@@ -75,9 +80,20 @@ proptest! {
     #[test]
     fn signature_checks_never_panic(pairs in signature_headers(), body in bodies()) {
         let headers = headers(&pairs);
-        for scheme in [Scheme::github(), Scheme::stripe(), Scheme::shopify(), Scheme::slack()] {
+        let schemes = [
+            Scheme::github(),
+            Scheme::stripe(),
+            Scheme::shopify(),
+            Scheme::slack(),
+            Scheme::twilio(),
+            Scheme::standard_webhooks(),
+        ];
+        for scheme in schemes {
             let check = SignatureCheck::new(scheme, DEFAULT_TOLERANCE, vec!["secret".into()]);
-            prop_assert!(check.verify(&headers, &body, std::time::SystemTime::now()).is_err());
+            for url in ["https://hooks.example.com/h/x?bodySHA256=00", "http://[::1", ""] {
+                let request = SignedRequest { headers: &headers, body: &body, url };
+                prop_assert!(check.verify(&request, std::time::SystemTime::now()).is_err());
+            }
         }
     }
 }

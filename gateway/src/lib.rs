@@ -20,8 +20,10 @@ pub mod handshake;
 pub mod http_reply;
 #[cfg(test)]
 mod intake_fuzz;
+pub mod limits;
 pub mod mapping;
 pub mod memory;
+pub mod network;
 pub mod payload;
 pub mod pipeline;
 pub mod registry;
@@ -31,5 +33,6 @@ pub mod runs;
 pub mod schema;
 pub mod script;
 pub mod server;
+pub mod shared_state;
 pub mod signature;
 pub mod telemetry;

@@ -92,7 +92,10 @@ pub fn map(
     event: Value,
     parts: &RequestParts<'_>,
 ) -> Result<Prepared, GatewayError> {
-    let query = parse_query(parts.query);
+    let mut query = parse_query(parts.query);
+    if let Some(credential) = workflow.key_policy.query_param() {
+        query.retain(|(name, _)| name != credential);
+    }
     let variables = workflow.mapping.apply(&MappingInput {
         event: &event,
         headers: parts.headers,
@@ -110,7 +113,14 @@ pub fn map(
 /// Whether anything reads the parsed event: a schema, a body pointer or a script. A workflow
 /// that only forwards the body as received needs its syntax checked, not a tree built.
 pub fn uses_event(workflow: &Workflow) -> bool {
-    workflow.schema.is_some()
+    let keyed_by_body = workflow.idempotency.as_ref().is_some_and(|idempotency| {
+        matches!(
+            idempotency.source,
+            crate::config::IdempotencySource::Pointer(_)
+        )
+    });
+    keyed_by_body
+        || workflow.schema.is_some()
         || workflow.script.is_some()
         || workflow
             .mapping

@@ -29,6 +29,8 @@ pub struct LiveWorkflow {
     active: AtomicBool,
     pub counters: Counters,
     pub samples: SampleRing,
+    /// Requests admitted and not yet answered, for the workflow's concurrency limit.
+    pub gauge: Arc<crate::limits::Gauge>,
 }
 
 impl LiveWorkflow {
@@ -37,6 +39,7 @@ impl LiveWorkflow {
             active: AtomicBool::new(active),
             counters: Counters::default(),
             samples,
+            gauge: Arc::default(),
         }
     }
 

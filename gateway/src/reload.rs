@@ -240,6 +240,10 @@ fn keep_startup_settings(config: &mut Config, startup: &StartupSettings) -> Vec<
         changed.push("runs");
         config.runs = startup.runs.clone();
     }
+    if config.idempotency != startup.idempotency {
+        changed.push("idempotency");
+        config.idempotency = startup.idempotency;
+    }
     changed
 }
 

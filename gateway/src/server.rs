@@ -6,13 +6,15 @@
 //! the configuration it started with and the next one sees the new configuration complete.
 
 use crate::admin::AdminApi;
-use crate::config::{AdminSettings, Config, RunSettings};
+use crate::config::{AdminSettings, Config, IdempotencySettings, RunSettings};
 use crate::edge::Edge;
 use crate::forward::backends::Backends;
+use crate::limits::KeyGauges;
 use crate::registry::Registry;
 use crate::reload::{self, ReloadReport};
 use crate::routing::{Router, UrlSecret};
 use crate::runs::RunPool;
+use crate::shared_state::{Embedded, SharedState};
 use arc_swap::ArcSwap;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
@@ -45,6 +47,7 @@ pub struct StartupSettings {
     pub state_dir: PathBuf,
     pub url_secret: Option<String>,
     pub runs: RunSettings,
+    pub idempotency: IdempotencySettings,
 }
 
 impl StartupSettings {
@@ -56,6 +59,7 @@ impl StartupSettings {
             state_dir: config.state_dir.clone(),
             url_secret: config.url_secret.clone(),
             runs: config.runs.clone(),
+            idempotency: config.idempotency,
         }
     }
 }
@@ -76,6 +80,10 @@ pub struct GatewayState {
     /// The watched files as the last reload (of any trigger) found them, so the watcher does
     /// not reload again what an explicit reload already read.
     pub watched: Mutex<Vec<reload::Stamp>>,
+    /// Idempotency keys and rate-limit buckets.
+    pub shared: Arc<dyn SharedState>,
+    /// Requests in progress per API key, for their concurrency limits.
+    pub key_gauges: KeyGauges,
 }
 
 impl GatewayState {
@@ -94,6 +102,7 @@ impl GatewayState {
         let runs = RunPool::start(&config.runs)
             .map_err(|error| format!("cannot start the run pool: {error}"))?;
 
+        let shared = Arc::new(Embedded::new(config.idempotency.max_bytes));
         let startup = StartupSettings::of(&config);
         let snapshot = build_snapshot(config, 1, None, &secret, &registry, control.handle())?;
         Ok(Arc::new(Self {
@@ -106,6 +115,8 @@ impl GatewayState {
             reloading: Mutex::new(()),
             last_reload: Mutex::new(None),
             watched: Mutex::new(Vec::new()),
+            shared,
+            key_gauges: KeyGauges::default(),
         }))
     }
 

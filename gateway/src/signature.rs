@@ -1,8 +1,10 @@
 //! Webhook signatures: the sender signs the exact bytes it sends with a shared secret, and the
 //! gateway checks that MAC over the exact bytes received, before anything parses them.
 //!
-//! Presets cover the schemes of GitHub, Stripe, Shopify and Slack; `hmac` describes any other
-//! HMAC scheme (algorithm, encoding, header, prefix, and whether a timestamp is signed too).
+//! Presets cover the schemes of GitHub, Stripe, Shopify, Slack, Meta, Twilio and Standard
+//! Webhooks (which Svix also speaks); `hmac` describes any other HMAC scheme (algorithm,
+//! encoding, header, prefix, and whether a timestamp is signed too). Twilio signs the URL it
+//! called rather than the body alone, so the check is given the public URL of the request.
 //! Several secrets may be configured at once, so a secret can be rotated without downtime,
 //! and a header may carry several signatures (Stripe during its own rotation). MACs are
 //! compared in constant time. A workflow whose secret is missing refuses every request.
@@ -43,6 +45,12 @@ pub enum Signed {
         before: &'static str,
         between: &'static str,
     },
+    /// `<message id>.<timestamp>.<body>`: Standard Webhooks.
+    IdTimestampAndBody,
+    /// Twilio: the URL called, followed by each form parameter's name and value sorted by
+    /// name; for any other body, the URL alone, whose `bodySHA256` parameter is the body's
+    /// SHA-256 in hex.
+    UrlAndParameters,
 }
 
 /// Where a scheme finds its signatures and timestamp.
@@ -57,6 +65,9 @@ pub enum Layout {
     },
     /// Stripe's `t=<timestamp>,v1=<signature>[,v1=...]` in one header; only `v1` counts.
     Stripe,
+    /// `webhook-id`, `webhook-timestamp` and `webhook-signature: v1,<base64> [v1,...]`, or the
+    /// same under `svix-` names.
+    StandardWebhooks,
 }
 
 /// How a sender signs: which MAC, how it is written, where it is, and over what.
@@ -133,6 +144,58 @@ impl Scheme {
     }
 }
 
+impl Scheme {
+    /// Standard Webhooks: `v1,<base64>` over `<id>.<timestamp>.<body>`, keyed by the
+    /// base64-decoded secret.
+    pub fn standard_webhooks() -> Self {
+        Self {
+            name: "standard_webhooks",
+            algorithm: Algorithm::Sha256,
+            encoding: Encoding::Base64,
+            layout: Layout::StandardWebhooks,
+            signed: Signed::IdTimestampAndBody,
+        }
+    }
+
+    /// Twilio: `X-Twilio-Signature: <base64>`, HMAC-SHA1 over the URL and form parameters.
+    pub fn twilio() -> Self {
+        Self {
+            name: "twilio",
+            algorithm: Algorithm::Sha1,
+            encoding: Encoding::Base64,
+            layout: Layout::Header {
+                name: "x-twilio-signature".into(),
+                prefix: String::new(),
+                timestamp_header: None,
+            },
+            signed: Signed::UrlAndParameters,
+        }
+    }
+
+    /// Whether the scheme signs a timestamp, so that a tolerance applies.
+    pub fn signs_a_timestamp(&self) -> bool {
+        !matches!(self.signed, Signed::Body | Signed::UrlAndParameters)
+    }
+}
+
+/// What a signature is checked against.
+pub struct SignedRequest<'a> {
+    pub headers: &'a HeaderMap,
+    /// The body exactly as received, before any content coding is undone.
+    pub body: &'a [u8],
+    /// The URL the sender called, as the sender saw it (scheme, host, path and query). Only
+    /// Twilio signs it.
+    pub url: &'a str,
+}
+
+/// What a request presents: its signatures and what it says was signed with them.
+struct Presented {
+    /// The message id Standard Webhooks signs.
+    id: Option<String>,
+    timestamp: Option<String>,
+    signatures: Vec<String>,
+}
+
 /// One workflow's signature check, validated.
 #[derive(Clone)]
 pub struct SignatureCheck {
@@ -186,25 +249,43 @@ impl SignatureCheck {
         check
     }
 
-    /// Checks the request's signature over `body`, at time `now`.
-    pub fn verify(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        now: SystemTime,
-    ) -> Result<(), GatewayError> {
+    /// Standard Webhooks: secrets are written `whsec_<base64>`, and the MAC key is the
+    /// decoded bytes. A secret that does not decode is reported, with its position.
+    pub fn standard_webhooks(
+        secrets: Vec<String>,
+        tolerance: Duration,
+    ) -> Result<Self, (usize, String)> {
+        let mut check = Self::new(Scheme::standard_webhooks(), tolerance, Vec::new());
+        for (position, secret) in secrets.iter().enumerate() {
+            if secret.is_empty() {
+                continue;
+            }
+            let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+            let key = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|_| (position, "is not `whsec_` followed by base64".to_string()))?;
+            check.secrets.push(key);
+        }
+        Ok(check)
+    }
+
+    /// Checks the request's signature at time `now`.
+    pub fn verify(&self, request: &SignedRequest<'_>, now: SystemTime) -> Result<(), GatewayError> {
         if self.secrets.is_empty() {
             return Err(refused("no signing secret is configured for this workflow"));
         }
-        let (timestamp, signatures) = self.presented(headers)?;
-        if let Some(timestamp) = &timestamp {
+        let presented = self.presented(request.headers)?;
+        if let Some(timestamp) = &presented.timestamp {
             self.check_freshness(timestamp, now)?;
         }
-        let message = self.message(timestamp.as_deref(), body);
+        let messages = self.messages(&presented, request)?;
 
-        let matched = signatures.iter().any(|signature| {
-            self.decode(signature)
-                .is_some_and(|presented| self.matches_a_secret(&message, &presented))
+        let matched = presented.signatures.iter().any(|signature| {
+            self.decode(signature).is_some_and(|mac| {
+                messages
+                    .iter()
+                    .any(|message| self.matches_a_secret(message, &mac))
+            })
         });
         if matched {
             Ok(())
@@ -213,23 +294,16 @@ impl SignatureCheck {
         }
     }
 
-    /// The timestamp (when the scheme signs one) and every signature the request presents.
-    fn presented(
-        &self,
-        headers: &HeaderMap,
-    ) -> Result<(Option<String>, Vec<String>), GatewayError> {
-        let header_text = |name: &str| -> Result<Option<String>, GatewayError> {
-            let mut values = headers.get_all(name).iter();
-            let Some(value) = values.next() else {
-                return Ok(None);
-            };
-            if values.next().is_some() {
-                return Err(refused("a signature header is given twice"));
-            }
-            let text = value
-                .to_str()
-                .map_err(|_| refused("a signature header is not text"))?;
-            Ok(Some(text.trim().to_string()))
+    /// The signatures the request presents, and the id and timestamp signed with them.
+    fn presented(&self, headers: &HeaderMap) -> Result<Presented, GatewayError> {
+        let header_text = |name: &str| header_text(headers, name);
+        let signatures_in = |value: &str, prefix: &str| -> Vec<String> {
+            value
+                .split([',', ' '])
+                .filter_map(|part| part.trim().strip_prefix(prefix))
+                .filter(|signature| !signature.is_empty())
+                .map(str::to_string)
+                .collect()
         };
 
         match &self.scheme.layout {
@@ -239,24 +313,47 @@ impl SignatureCheck {
                 timestamp_header,
             } => {
                 let value = header_text(name)?.ok_or(refused("the signature header is missing"))?;
-                let signatures = value
-                    .split([',', ' '])
-                    .filter_map(|part| part.trim().strip_prefix(prefix.as_str()))
-                    .filter(|signature| !signature.is_empty())
-                    .map(str::to_string)
-                    .collect();
                 let timestamp = match timestamp_header {
                     Some(name) => {
                         Some(header_text(name)?.ok_or(refused("the timestamp header is missing"))?)
                     }
                     None => None,
                 };
-                Ok((timestamp, signatures))
+                Ok(Presented {
+                    id: None,
+                    timestamp,
+                    signatures: signatures_in(&value, prefix),
+                })
             }
             Layout::Stripe => {
                 let value = header_text("stripe-signature")?
                     .ok_or(refused("the signature header is missing"))?;
                 parse_stripe(&value)
+            }
+            Layout::StandardWebhooks => {
+                // Svix sends the same scheme under its own header names.
+                let family = if headers.contains_key("webhook-signature") {
+                    "webhook"
+                } else {
+                    "svix"
+                };
+                let named = |part: &str| header_text(&format!("{family}-{part}"));
+                let value =
+                    named("signature")?.ok_or(refused("the signature header is missing"))?;
+                let id = named("id")?.ok_or(refused("the webhook-id header is missing"))?;
+                let timestamp =
+                    named("timestamp")?.ok_or(refused("the timestamp header is missing"))?;
+                // Entries are `<version>,<signature>`, separated by spaces; only v1 is HMAC.
+                let signatures = value
+                    .split_whitespace()
+                    .filter_map(|entry| entry.strip_prefix("v1,"))
+                    .map(str::to_string)
+                    .collect();
+                Ok(Presented {
+                    id: Some(id),
+                    timestamp: Some(timestamp),
+                    signatures,
+                })
             }
         }
     }
@@ -274,19 +371,35 @@ impl SignatureCheck {
         Ok(())
     }
 
-    fn message(&self, timestamp: Option<&str>, body: &[u8]) -> Vec<u8> {
-        match (&self.scheme.signed, timestamp) {
-            (Signed::TimestampAndBody { before, between }, Some(timestamp)) => {
-                let mut message =
-                    Vec::with_capacity(before.len() + timestamp.len() + between.len() + body.len());
-                message.extend_from_slice(before.as_bytes());
-                message.extend_from_slice(timestamp.as_bytes());
-                message.extend_from_slice(between.as_bytes());
-                message.extend_from_slice(body);
-                message
+    /// What the sender signed; for Twilio, the URL written with and without its default
+    /// port, since Twilio's own libraries accept either.
+    fn messages(
+        &self,
+        presented: &Presented,
+        request: &SignedRequest<'_>,
+    ) -> Result<Vec<Vec<u8>>, GatewayError> {
+        let timestamp = presented.timestamp.as_deref().unwrap_or_default();
+        let joined = |parts: &[&[u8]]| parts.concat();
+        Ok(match &self.scheme.signed {
+            Signed::Body => vec![request.body.to_vec()],
+            Signed::TimestampAndBody { before, between } => vec![joined(&[
+                before.as_bytes(),
+                timestamp.as_bytes(),
+                between.as_bytes(),
+                request.body,
+            ])],
+            Signed::IdTimestampAndBody => {
+                let id = presented.id.as_deref().unwrap_or_default();
+                vec![joined(&[
+                    id.as_bytes(),
+                    b".",
+                    timestamp.as_bytes(),
+                    b".",
+                    request.body,
+                ])]
             }
-            _ => body.to_vec(),
-        }
+            Signed::UrlAndParameters => twilio_messages(request)?,
+        })
     }
 
     fn decode(&self, signature: &str) -> Option<Vec<u8>> {
@@ -323,8 +436,94 @@ fn verify_mac<M: Mac + hmac::digest::KeyInit>(
     mac.verify_slice(presented).is_ok()
 }
 
+/// One header's value, trimmed; refused when it is given twice or is not text.
+fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, GatewayError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(refused("a signature header is given twice"));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| refused("a signature header is not text"))?;
+    Ok(Some(text.trim().to_string()))
+}
+
+/// Twilio's signed text, for each way of writing the URL's port.
+fn twilio_messages(request: &SignedRequest<'_>) -> Result<Vec<Vec<u8>>, GatewayError> {
+    let is_form = request
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| {
+            media
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+
+    let suffix = if is_form {
+        let mut parameters: Vec<(String, String)> =
+            form_urlencoded::parse(request.body).into_owned().collect();
+        parameters.sort();
+        parameters
+            .into_iter()
+            .flat_map(|(name, value)| [name, value])
+            .collect::<String>()
+    } else {
+        check_body_digest(request)?;
+        String::new()
+    };
+    Ok(url_spellings(request.url)
+        .into_iter()
+        .map(|url| format!("{url}{suffix}").into_bytes())
+        .collect())
+}
+
+/// A body Twilio does not send as a form is signed through its digest in the URL's
+/// `bodySHA256` parameter, which must then match the body received.
+fn check_body_digest(request: &SignedRequest<'_>) -> Result<(), GatewayError> {
+    let query = request.url.split_once('?').map_or("", |(_, query)| query);
+    let declared = form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "bodySHA256")
+        .map(|(_, value)| value.to_ascii_lowercase())
+        .ok_or(refused(
+            "the url has no bodySHA256 for a body that is not a form",
+        ))?;
+    let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(request.body));
+    if crate::auth::secrets_equal(declared.as_bytes(), actual.as_bytes()) {
+        Ok(())
+    } else {
+        Err(refused("the body does not match the url's bodySHA256"))
+    }
+}
+
+/// `url` as given, plus the same with its scheme's default port added or removed.
+fn url_spellings(url: &str) -> Vec<String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return vec![url.to_string()];
+    };
+    let default_port = match scheme {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return vec![url.to_string()],
+    };
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(split);
+    let other = match authority.strip_suffix(default_port) {
+        Some(bare) => format!("{scheme}://{bare}{tail}"),
+        None if !authority.contains(':') || authority.ends_with(']') => {
+            format!("{scheme}://{authority}{default_port}{tail}")
+        }
+        None => return vec![url.to_string()],
+    };
+    vec![url.to_string(), other]
+}
+
 /// `t=<timestamp>,v1=<hex>,v1=<hex>,v0=<hex>`: the timestamp and the `v1` signatures.
-fn parse_stripe(value: &str) -> Result<(Option<String>, Vec<String>), GatewayError> {
+fn parse_stripe(value: &str) -> Result<Presented, GatewayError> {
     let mut timestamp = None;
     let mut signatures = Vec::new();
     for part in value.split(',') {
@@ -336,7 +535,11 @@ fn parse_stripe(value: &str) -> Result<(Option<String>, Vec<String>), GatewayErr
         }
     }
     let timestamp = timestamp.ok_or(refused("the signature header has no timestamp"))?;
-    Ok((Some(timestamp), signatures))
+    Ok(Presented {
+        id: None,
+        timestamp: Some(timestamp),
+        signatures,
+    })
 }
 
 /// The time signatures are checked against: the system clock, or [`CLOCK_ENV`] when set.
@@ -356,6 +559,20 @@ pub fn now() -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn verify(
+        check: &SignatureCheck,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<(), GatewayError> {
+        let request = SignedRequest {
+            headers,
+            body,
+            url: "https://hooks.example.com/hooks/x",
+        };
+        check.verify(&request, now)
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -379,11 +596,9 @@ mod tests {
             "x-hub-signature-256",
             "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
         )]);
-        assert!(check.verify(&signed, b"Hello, World!", now()).is_ok());
-        assert!(check.verify(&signed, b"Hello, World?", now()).is_err());
-        assert!(check
-            .verify(&HeaderMap::new(), b"Hello, World!", now())
-            .is_err());
+        assert!(verify(&check, &signed, b"Hello, World!", now()).is_ok());
+        assert!(verify(&check, &signed, b"Hello, World?", now()).is_err());
+        assert!(verify(&check, &HeaderMap::new(), b"Hello, World!", now()).is_err());
     }
 
     #[test]
@@ -404,13 +619,13 @@ mod tests {
             format!("t=1700000000,v1={good},v1={old}"),
         ] {
             let signed = headers(&[("stripe-signature", &value)]);
-            assert!(check.verify(&signed, body, at).is_ok(), "{value}");
+            assert!(verify(&check, &signed, body, at).is_ok(), "{value}");
         }
         let only_v0 = headers(&[("stripe-signature", &format!("t=1700000000,v0={v0}"))]);
-        assert!(check.verify(&only_v0, body, at).is_err());
+        assert!(verify(&check, &only_v0, body, at).is_err());
         let late = UNIX_EPOCH + Duration::from_secs(1_700_000_401);
         let signed = headers(&[("stripe-signature", &format!("t=1700000000,v1={good}"))]);
-        assert!(check.verify(&signed, body, late).is_err());
+        assert!(verify(&check, &signed, body, late).is_err());
     }
 
     #[test]
@@ -425,12 +640,12 @@ mod tests {
             "x-shopify-hmac-sha256",
             "LnwdZPLBbdjkBwPD/lDL1/rYEGby/GHPtL1aAH6Dxjc=",
         )]);
-        assert!(check.verify(&base64, body, now()).is_ok());
+        assert!(verify(&check, &base64, body, now()).is_ok());
         let hex = headers(&[(
             "x-shopify-hmac-sha256",
             "2e7c1d64f2c16dd8e40703c3fe50cbd7fad81066f2fc61cfb4bd5a007e83c637",
         )]);
-        assert!(check.verify(&hex, body, now()).is_err());
+        assert!(verify(&check, &hex, body, now()).is_err());
     }
 
     #[test]
@@ -449,9 +664,9 @@ mod tests {
             ),
         ]);
         let at = UNIX_EPOCH + Duration::from_secs(1_700_000_010);
-        assert!(check.verify(&signed, body, at).is_ok());
+        assert!(verify(&check, &signed, body, at).is_ok());
         let much_later = UNIX_EPOCH + Duration::from_secs(1_700_001_000);
-        assert!(check.verify(&signed, body, much_later).is_err());
+        assert!(verify(&check, &signed, body, much_later).is_err());
     }
 
     #[test]
@@ -461,15 +676,99 @@ mod tests {
             "x-hub-signature-256",
             "sha256=f7f9bd47fb987337b5796fdc1fdb9ba221d0d5396814bfcaf9521f43fd8927fd",
         )]);
-        assert!(check.verify(&signed, b"", now()).is_err());
+        assert!(verify(&check, &signed, b"", now()).is_err());
         let configured = SignatureCheck::new(
             Scheme::github(),
             DEFAULT_TOLERANCE,
             vec!["test_secret".into()],
         );
         assert!(
-            configured.verify(&signed, b"", now()).is_ok(),
+            verify(&configured, &signed, b"", now()).is_ok(),
             "an empty body verifies"
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_signs_id_timestamp_and_body_with_the_decoded_secret() {
+        let check = SignatureCheck::standard_webhooks(
+            vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+            DEFAULT_TOLERANCE,
+        )
+        .unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        let at = UNIX_EPOCH + Duration::from_secs(1_614_265_330);
+        for family in ["webhook", "svix"] {
+            let signed = headers(&[
+                (
+                    &format!("{family}-id") as &str,
+                    "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                ),
+                (&format!("{family}-timestamp"), "1614265330"),
+                (
+                    &format!("{family}-signature"),
+                    "v1,bm9wZQ== v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+                ),
+            ]);
+            assert!(verify(&check, &signed, body, at).is_ok(), "{family}");
+            assert!(verify(&check, &signed, b"{}", at).is_err());
+            let late = at + Duration::from_secs(301);
+            assert!(verify(&check, &signed, body, late).is_err());
+        }
+        assert!(
+            SignatureCheck::standard_webhooks(vec!["whsec_!!".into()], DEFAULT_TOLERANCE).is_err()
+        );
+    }
+
+    #[test]
+    fn twilio_signs_the_url_and_the_sorted_form_parameters() {
+        let check = SignatureCheck::new(Scheme::twilio(), DEFAULT_TOLERANCE, vec!["12345".into()]);
+        let body = b"To=%2B18005551212&From=%2B12349013030&Digits=1234&Caller=%2B12349013030&CallSid=CA1234567890ABCDE";
+        let signed = headers(&[
+            ("x-twilio-signature", "0/KCTR6DLpKmkAf8muzZqo1nDgQ="),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ]);
+        for url in [
+            "https://mycompany.com/myapp.php?foo=1&bar=2",
+            "https://mycompany.com:443/myapp.php?foo=1&bar=2",
+        ] {
+            let request = SignedRequest {
+                headers: &signed,
+                body,
+                url,
+            };
+            assert!(check.verify(&request, now()).is_ok(), "{url}");
+        }
+        let elsewhere = SignedRequest {
+            headers: &signed,
+            body,
+            url: "https://mycompany.com/myapp.php?foo=1&bar=3",
+        };
+        assert!(check.verify(&elsewhere, now()).is_err());
+    }
+
+    #[test]
+    fn twilio_json_bodies_are_signed_through_their_digest_in_the_url() {
+        let body = br#"{"CallSid":"CA1234567890ABCDE","Caller":"+12349013030"}"#;
+        let url = "https://example.com/myapp?bodySHA256=5ccde7145dfb8f56479710896586cb9d5911809d83afbe34627818790db0aec9";
+        let check = SignatureCheck::new(Scheme::twilio(), DEFAULT_TOLERANCE, vec!["12345".into()]);
+        let signed = headers(&[
+            ("x-twilio-signature", "hPXmLwIy3Fgqv1i9KPmH/HhQ6zo="),
+            ("content-type", "application/json"),
+        ]);
+        let request = SignedRequest {
+            headers: &signed,
+            body,
+            url,
+        };
+        assert!(check.verify(&request, now()).is_ok());
+        let tampered = SignedRequest {
+            headers: &signed,
+            body: br#"{"CallSid":"CA1234567890ABCDF","Caller":"+12349013030"}"#,
+            url,
+        };
+        assert!(
+            check.verify(&tampered, now()).is_err(),
+            "the body must match its digest"
         );
     }
 }

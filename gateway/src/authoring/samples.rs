@@ -80,6 +80,8 @@ pub struct Arrival<'a> {
     pub method: &'a str,
     pub headers: &'a HeaderMap,
     pub query: Option<&'a str>,
+    /// The query parameter that carries the workflow's API key, if it takes one there.
+    pub key_param: Option<&'a str>,
     pub body: &'a Bytes,
 }
 
@@ -97,7 +99,7 @@ impl Sample {
             source: arrival.source,
             method: arrival.method.to_string(),
             headers: redacted_header_map(arrival.headers),
-            query: redacted_query(arrival.query),
+            query: redacted_query(arrival.query, arrival.key_param),
             body_bytes,
             body_truncated: raw.len() < body_bytes,
             body_encoding,
@@ -173,11 +175,12 @@ pub fn redacted_headers(headers: &HeaderMap) -> Map<String, Value> {
     map
 }
 
-/// Query parameters (the first of each name), credentials replaced.
-pub fn redacted_query(query: Option<&str>) -> Map<String, Value> {
+/// Query parameters (the first of each name), credentials replaced: those whose names
+/// look secret, and `key_param`, the one the workflow takes an API key from.
+pub fn redacted_query(query: Option<&str>, key_param: Option<&str>) -> Map<String, Value> {
     let mut map = Map::new();
     for (name, value) in crate::pipeline::parse_query(query) {
-        let value = if is_secret_name(&name) {
+        let value = if is_secret_name(&name) || Some(name.as_str()) == key_param {
             REDACTED.to_string()
         } else {
             value
@@ -340,6 +343,7 @@ mod tests {
             method: "POST",
             headers,
             query: Some("api_key=abc&page=2"),
+            key_param: None,
             body: &Bytes::from_static(body),
         })
     }

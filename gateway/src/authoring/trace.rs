@@ -173,7 +173,7 @@ fn received(workflow: &Workflow, active: bool, arrived: &Arrived<'_>) -> Map<Str
         json!({
             "method": arrived.method,
             "headers": redacted_headers(arrived.headers),
-            "query": redacted_query(arrived.query),
+            "query": redacted_query(arrived.query, workflow.key_policy.query_param()),
             "body_bytes": arrived.body.len(),
         }),
     );

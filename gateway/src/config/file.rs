@@ -62,6 +62,8 @@ pub struct GatewayFile {
     #[serde(default)]
     pub reload: ReloadFile,
     #[serde(default)]
+    pub idempotency: IdempotencyStoreFile,
+    #[serde(default)]
     pub api_keys: Vec<ApiKeyFile>,
     /// Backend services that workflows forward to, by name.
     #[serde(default, deserialize_with = "unique_keys")]
@@ -83,6 +85,9 @@ pub struct ServerFile {
     pub body_read_timeout_ms: u64,
     /// How long the whole request body may take to arrive before the request fails with 408.
     pub body_total_timeout_ms: u64,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For`, `-Proto` and `-Host` are
+    /// believed. Nobody else's are.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerFile {
@@ -94,6 +99,7 @@ impl Default for ServerFile {
             idle_timeout_seconds: 60,
             body_read_timeout_ms: 10_000,
             body_total_timeout_ms: 60_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -304,6 +310,27 @@ impl Default for HealthCheckFile {
     }
 }
 
+/// Where idempotency keys are remembered: an in-memory cache bounded in bytes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyStoreFile {
+    /// Most bytes all remembered keys and first answers may take together; the oldest go
+    /// first when it is full.
+    pub max_bytes: usize,
+    /// Largest first answer kept to be given again to a repeat; a larger one is answered
+    /// with a plain duplicate notice instead.
+    pub max_answer_bytes: usize,
+}
+
+impl Default for IdempotencyStoreFile {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 * 1024 * 1024,
+            max_answer_bytes: 64 * 1024,
+        }
+    }
+}
+
 /// One API key: its SHA-256 as hex, or the key itself (normally `${ENV_VAR}`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -311,6 +338,42 @@ pub struct ApiKeyFile {
     pub name: String,
     pub sha256: Option<String>,
     pub key: Option<String>,
+    /// Limits on what callers with this key may send, over every workflow.
+    pub limits: Option<CallerLimitsFile>,
+}
+
+/// A rate and a concurrency limit; either may be left out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerLimitsFile {
+    /// Sustained requests per second.
+    pub rate_per_second: Option<f64>,
+    /// Requests that may come at once after a quiet spell; `rate_per_second` rounded up
+    /// (at least 1) when absent.
+    pub burst: Option<u32>,
+    /// Requests that may be in progress at once.
+    pub max_concurrent: Option<usize>,
+}
+
+/// How repeats of one event are recognised: a header or a body pointer carrying an id the
+/// sender keeps when it retries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyFile {
+    /// Request header with the key, such as `X-GitHub-Delivery` or `Idempotency-Key`.
+    pub header: Option<String>,
+    /// RFC 6901 pointer to the key in the decoded body, such as `/id`.
+    pub pointer: Option<String>,
+    /// How long a key is remembered after it is first seen.
+    #[serde(default = "default_idempotency_ttl")]
+    pub ttl_seconds: u64,
+    /// Refuse events that carry no key (400), rather than run them without the check.
+    #[serde(default)]
+    pub required: bool,
+}
+
+fn default_idempotency_ttl() -> u64 {
+    24 * 60 * 60
 }
 
 /// One `workflows/*.yaml` file.
@@ -347,6 +410,10 @@ pub struct WorkflowFile {
     pub samples: WorkflowSamplesFile,
     /// The sender signs each request; the signature is checked over the bytes received.
     pub signature: Option<SignatureFile>,
+    /// Repeats of an event are answered once, not run again.
+    pub idempotency: Option<IdempotencyFile>,
+    /// Rate and concurrency limits over every caller of this workflow.
+    pub limits: Option<CallerLimitsFile>,
 }
 
 /// How a workflow's sender signs its requests: a preset, or `hmac` with its details.
@@ -383,6 +450,8 @@ pub enum SignaturePresetFile {
     Stripe,
     Shopify,
     Slack,
+    Twilio,
+    StandardWebhooks,
     Hmac,
 }
 
@@ -476,6 +545,8 @@ pub struct TriggerFile {
     pub api_key: ApiKeyPolicyFile,
     /// Body formats accepted; others get 415.
     pub formats: Vec<FormatFile>,
+    /// Addresses or CIDR blocks that may call; empty lets any address call.
+    pub allow_ips: Vec<String>,
 }
 
 impl Default for TriggerFile {
@@ -484,6 +555,7 @@ impl Default for TriggerFile {
             methods: vec!["POST".into()],
             api_key: ApiKeyPolicyFile::default(),
             formats: vec![FormatFile::Json, FormatFile::Form],
+            allow_ips: Vec::new(),
         }
     }
 }
@@ -506,6 +578,9 @@ pub struct ApiKeyPolicyFile {
     pub required: bool,
     /// Names of the keys (from `gateway.yaml`) that may call; empty means every key.
     pub keys: Vec<String>,
+    /// A query parameter that may carry the key too, for senders that cannot set headers.
+    /// Its value is redacted wherever the request is shown.
+    pub query: Option<String>,
 }
 
 impl Default for ApiKeyPolicyFile {
@@ -513,6 +588,7 @@ impl Default for ApiKeyPolicyFile {
         Self {
             required: true,
             keys: Vec::new(),
+            query: None,
         }
     }
 }

@@ -8,8 +8,11 @@
 
 pub mod env;
 pub mod file;
+mod intake;
 mod settings;
 mod workflow;
+
+pub use intake::{Idempotency, IdempotencySource};
 
 use crate::auth::{ApiKeys, KeyPolicy};
 use crate::forward::Forward;
@@ -39,6 +42,7 @@ pub struct Config {
     pub runs: RunSettings,
     pub samples: SampleSettings,
     pub reload: ReloadSettings,
+    pub idempotency: IdempotencySettings,
     pub workflows_dir: PathBuf,
     pub scripts_dir: PathBuf,
     pub keys: ApiKeys,
@@ -63,6 +67,15 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     pub body_read_timeout: Duration,
     pub body_total_timeout: Duration,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<crate::network::Cidr>,
+}
+
+/// The bounds of the idempotency store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencySettings {
+    pub max_bytes: usize,
+    pub max_answer_bytes: usize,
 }
 
 #[derive(Clone)]
@@ -172,6 +185,11 @@ pub struct Workflow {
     pub sample_production: bool,
     /// Checked over the body as received, before it is decoded.
     pub signature: Option<crate::signature::SignatureCheck>,
+    /// Addresses that may call; empty for any.
+    pub allow_ips: Vec<crate::network::Cidr>,
+    /// Over every caller of the workflow.
+    pub limits: crate::limits::CallerLimits,
+    pub idempotency: Option<Idempotency>,
     /// The workflow file.
     pub source: PathBuf,
     /// Other files it was built from (schema file, script), watched for changes.
@@ -284,6 +302,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         runs: gateway.runs,
         samples: gateway.samples,
         reload: gateway.reload,
+        idempotency: gateway.idempotency,
         workflows_dir: gateway.workflows_dir,
         scripts_dir: gateway.scripts_dir,
         keys: gateway.keys,

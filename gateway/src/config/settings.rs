@@ -3,8 +3,9 @@
 
 use super::file::{ApiKeyFile, BackendFile, GatewayFile};
 use super::{
-    AdminSettings, BackendAddress, BackendSettings, ConfigError, Limits, Problems, ReloadSettings,
-    RunSettings, SampleSettings, SandboxLimits, ServerSettings, MAX_BODY_LIMIT_BYTES,
+    intake, AdminSettings, BackendAddress, BackendSettings, ConfigError, IdempotencySettings,
+    Limits, Problems, ReloadSettings, RunSettings, SampleSettings, SandboxLimits, ServerSettings,
+    MAX_BODY_LIMIT_BYTES,
 };
 use crate::auth::{self, ApiKeys, KeyDigest};
 use std::collections::HashSet;
@@ -25,6 +26,7 @@ pub(super) struct GatewaySettings {
     pub runs: RunSettings,
     pub samples: SampleSettings,
     pub reload: ReloadSettings,
+    pub idempotency: IdempotencySettings,
     pub keys: ApiKeys,
     pub backends: Vec<BackendSettings>,
 }
@@ -49,6 +51,7 @@ pub(super) fn validate(
         runs: runs(&file, &mut problems),
         samples: samples(&file, &mut problems),
         reload: reload(&file, &mut problems),
+        idempotency: idempotency(&file, &mut problems),
         keys: api_keys(&file.api_keys, &mut problems),
         backends: backends(&file, &mut problems),
     }
@@ -94,6 +97,25 @@ fn server(file: &GatewayFile, problems: &mut Problems<'_>) -> ServerSettings {
         idle_timeout: Duration::from_secs(server.idle_timeout_seconds),
         body_read_timeout: Duration::from_millis(server.body_read_timeout_ms),
         body_total_timeout: Duration::from_millis(server.body_total_timeout_ms),
+        trusted_proxies: intake::cidrs(&server.trusted_proxies, "server.trusted_proxies", problems),
+    }
+}
+
+fn idempotency(file: &GatewayFile, problems: &mut Problems<'_>) -> IdempotencySettings {
+    let store = &file.idempotency;
+    problems.in_range(
+        "idempotency.max_bytes",
+        store.max_bytes,
+        64 * 1024..=16 * 1024 * 1024 * 1024,
+    );
+    problems.in_range(
+        "idempotency.max_answer_bytes",
+        store.max_answer_bytes,
+        0..=16 * 1024 * 1024,
+    );
+    IdempotencySettings {
+        max_bytes: store.max_bytes,
+        max_answer_bytes: store.max_answer_bytes,
     }
 }
 
@@ -243,7 +265,9 @@ fn api_keys(keys: &[ApiKeyFile], problems: &mut Problems<'_>) -> ApiKeys {
         if !seen_digests.insert(digest) {
             problems.add(&location, format!("key {:?} repeats another key", key.name));
         }
-        valid.push((key.name.clone(), digest));
+        let limits =
+            intake::caller_limits(key.limits.as_ref(), &format!("{location}.limits"), problems);
+        valid.push((key.name.clone(), digest, limits));
     }
     ApiKeys::new(valid)
 }

@@ -7,7 +7,9 @@ use super::file::{
     ValueTypeFile, WorkflowFile,
 };
 use super::settings::GatewaySettings;
-use super::{read_yaml, ConfigError, Problems, ResponseMode, Workflow, MAX_BODY_LIMIT_BYTES};
+use super::{
+    intake, read_yaml, ConfigError, Problems, ResponseMode, Workflow, MAX_BODY_LIMIT_BYTES,
+};
 use crate::auth::KeyPolicy;
 use crate::forward::{refusal, Forward, ForwardBody, PathTemplate, RetryPolicy};
 use crate::mapping::{coerce, Mapping, Pointer, Rule, Source, ValueType};
@@ -120,6 +122,9 @@ fn validate(
             .signature
             .as_ref()
             .and_then(|signature| signature_check(signature, &mut problems)),
+        allow_ips: intake::cidrs(&file.trigger.allow_ips, "trigger.allow_ips", &mut problems),
+        limits: intake::caller_limits(file.limits.as_ref(), "limits", &mut problems),
+        idempotency: intake::idempotency(file.idempotency.as_ref(), &mut problems),
         dependencies: dependencies(path, &file, gateway),
         id: file.id,
         description: file.description,
@@ -178,6 +183,14 @@ fn signature_check(file: &SignatureFile, problems: &mut Problems<'_>) -> Option<
         SignaturePresetFile::Shopify => SignatureCheck::new(Scheme::shopify(), tolerance, secrets),
         SignaturePresetFile::Slack => SignatureCheck::new(Scheme::slack(), tolerance, secrets),
         SignaturePresetFile::Stripe => SignatureCheck::new(Scheme::stripe(), tolerance, secrets),
+        SignaturePresetFile::Twilio => SignatureCheck::new(Scheme::twilio(), tolerance, secrets),
+        SignaturePresetFile::StandardWebhooks => {
+            SignatureCheck::standard_webhooks(secrets, tolerance)
+                .map_err(|(position, message)| {
+                    problems.add(format!("signature.secrets[{position}]"), message)
+                })
+                .ok()?
+        }
         SignaturePresetFile::Hmac => {
             SignatureCheck::new(generic_scheme(file, problems)?, tolerance, secrets)
         }
@@ -322,15 +335,27 @@ fn key_policy(
         }
     }
 
+    let query_param = policy.query.as_deref().map(str::trim).map(str::to_string);
+    if query_param.as_deref() == Some("") {
+        problems.add("trigger.api_key.query", "must name a query parameter");
+    }
+    if query_param.is_some() && !policy.required {
+        problems.add("trigger.api_key.query", "is given but `required` is false");
+    }
+
     match (policy.required, policy.keys.is_empty()) {
         (false, false) => {
             problems.add("trigger.api_key.keys", "lists keys but `required` is false");
             KeyPolicy::Open
         }
         (false, true) => KeyPolicy::Open,
-        (true, true) => KeyPolicy::Required { allowed: None },
+        (true, true) => KeyPolicy::Required {
+            allowed: None,
+            query_param,
+        },
         (true, false) => KeyPolicy::Required {
             allowed: Some(policy.keys.iter().cloned().collect::<HashSet<_>>()),
+            query_param,
         },
     }
 }
@@ -387,6 +412,15 @@ fn read_schema_file(
 }
 
 fn mapping(file: &WorkflowFile, problems: &mut Problems<'_>) -> Mapping {
+    let key_query = file.trigger.api_key.query.as_deref().map(str::trim);
+    for (name, rule) in &file.mapping {
+        if rule.query.is_some() && rule.query.as_deref() == key_query {
+            problems.add(
+                format!("mapping.{name}.query"),
+                "carries the caller's api key (`trigger.api_key.query`) and cannot be mapped",
+            );
+        }
+    }
     if file.mapping.len() > MAX_VARIABLES {
         problems.add(
             "mapping",

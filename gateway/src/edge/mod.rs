@@ -12,6 +12,7 @@
 //! rather than the proxy phases: the body must be read whole and validated before anything
 //! is sent, which Pingora's proxy path only supports up to 64 KiB.
 
+mod intake;
 mod test_url;
 
 use crate::authoring::samples::{Arrival, SampleSource};
@@ -27,8 +28,10 @@ use crate::routing::UrlKind;
 use crate::runs::{new_run_id, Job};
 use crate::script::Timing;
 use crate::server::{GatewayState, Snapshot};
+use crate::shared_state::FirstAnswer;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use intake::{admit, claim_key, repeat_reply, Keyed};
 use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{ProxyHttp, Session};
@@ -52,6 +55,12 @@ pub struct RequestContext {
     error_code: Option<&'static str>,
     /// Whether the workflow's counters have this request yet.
     counted: bool,
+    /// Places held under concurrency limits, given back when the request ends.
+    permits: Vec<crate::limits::Permit>,
+    /// The idempotency key of a relayed run, kept once the backend's answer is complete.
+    pending_key: Option<crate::shared_state::PendingKey>,
+    /// Whether the answer repeats the first answer to the same event.
+    replayed: bool,
 }
 
 impl RequestContext {
@@ -114,24 +123,25 @@ impl Edge {
             return answer.map(Answer::Reply);
         }
 
+        let admitted = admit(session, &self.state, &snapshot, &workflow, &live).await?;
+        ctx.permits = admitted.permits;
+        let body = admitted.body;
         if routed.kind == UrlKind::Test {
-            let body = admit(session, &snapshot, &workflow).await?;
             if let Some(reply) = handshake::after_signature(&workflow, &body) {
                 return Ok(Answer::Reply(reply));
             }
-            let kept = keep_sample(session, &live, SampleSource::Test, &body);
+            let kept = keep_sample(session, &workflow, &live, SampleSource::Test, &body);
             let reply = self
                 .trace(session, &snapshot, &workflow, &body, kept, ctx)
                 .await;
             return Ok(Answer::Reply(reply));
         }
 
-        let body = admit(session, &snapshot, &workflow).await?;
         if let Some(reply) = handshake::after_signature(&workflow, &body) {
             return Ok(Answer::Reply(reply));
         }
         if workflow.sample_production {
-            keep_sample(session, &live, SampleSource::Production, &body);
+            keep_sample(session, &workflow, &live, SampleSource::Production, &body);
         }
 
         let request = session.req_header();
@@ -142,6 +152,16 @@ impl Edge {
         };
         let prepared = pipeline::prepare(&workflow, &snapshot.config.limits, &parts)?;
         let caller_method = request.method.to_string();
+        let pending_key = match claim_key(&self.state, &workflow, &request.headers, &prepared)? {
+            Keyed::Unkeyed => None,
+            Keyed::First(pending) => Some(pending),
+            Keyed::Repeat(first) => {
+                ctx.replayed = true;
+                ctx.run_id.clone_from(&first.run_id);
+                return Ok(Answer::Reply(repeat_reply(&first)));
+            }
+        };
+        let max_kept = snapshot.config.idempotency.max_answer_bytes;
 
         let run_id = new_run_id();
         ctx.run_id = Some(run_id.clone());
@@ -160,6 +180,14 @@ impl Edge {
                     backends: Arc::clone(&snapshot.backends),
                 })?;
                 ctx.run_id = Some(run_id.clone());
+                if let Some(pending) = pending_key {
+                    pending.keep(FirstAnswer {
+                        run_id: Some(run_id.clone()),
+                        status: 202,
+                        content_type: None,
+                        body: None,
+                    });
+                }
                 let accepted = json!({ "run_id": run_id, "status": "accepted" });
                 Ok(Answer::Reply(
                     Reply::json(202, &accepted).with_header("x-run-id", run_id),
@@ -169,13 +197,21 @@ impl Edge {
                 let exchange = self
                     .forward(&snapshot, &workflow, &prepared, &body, &caller_method, ctx)
                     .await?;
+                ctx.pending_key = pending_key;
                 Ok(Answer::Relay(Box::new(exchange)))
             }
             ResponseMode::ReturnResults => {
                 let result = run_script(&snapshot, &workflow, &prepared, &run_id)?;
-                Ok(Answer::Reply(
-                    Reply::json(200, &result).with_header("x-run-id", run_id),
-                ))
+                let reply = Reply::json(200, &result);
+                if let Some(pending) = pending_key {
+                    pending.keep(FirstAnswer {
+                        run_id: Some(run_id.clone()),
+                        status: 200,
+                        content_type: Some("application/json".into()),
+                        body: (reply.body.len() <= max_kept).then(|| reply.body.clone()),
+                    });
+                }
+                Ok(Answer::Reply(reply.with_header("x-run-id", run_id)))
             }
         }
     }
@@ -235,9 +271,25 @@ impl Edge {
             .write_response_header(Box::new(header), false)
             .await?;
 
+        // A successful answer is kept for repeats of the event, up to the configured size.
+        let succeeded = (200..300).contains(&exchange.status());
+        let max_kept = ctx
+            .snapshot
+            .as_ref()
+            .map_or(0, |snapshot| snapshot.config.idempotency.max_answer_bytes);
+        let mut kept = (ctx.pending_key.is_some() && succeeded).then(BytesMut::new);
+        let mut too_large = false;
         loop {
             match exchange.next_chunk().await {
-                Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
+                Ok(Some(chunk)) => {
+                    if let Some(buffer) = kept.as_mut().filter(|_| !too_large) {
+                        too_large = buffer.len() + chunk.len() > max_kept;
+                        if !too_large {
+                            buffer.extend_from_slice(&chunk);
+                        }
+                    }
+                    session.write_response_body(Some(chunk), false).await?
+                }
                 Ok(None) => break,
                 Err(error) => {
                     // The status is already sent; all that is left is to cut the answer short.
@@ -247,6 +299,19 @@ impl Edge {
             }
         }
         session.write_response_body(None, true).await?;
+        if let (Some(pending), Some(buffer)) = (ctx.pending_key.take(), kept) {
+            let content_type = exchange
+                .response_header()
+                .and_then(|header| header.headers.get(http::header::CONTENT_TYPE))
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string);
+            pending.keep(FirstAnswer {
+                run_id: ctx.run_id.clone(),
+                status: exchange.status(),
+                content_type,
+                body: (!too_large).then(|| buffer.freeze()),
+            });
+        }
         exchange.finish(&self.connector).await;
         Ok(())
     }
@@ -328,118 +393,23 @@ fn request_id(session: &Session) -> String {
     offered.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
 }
 
-/// The checks every request to a workflow's URLs passes before its body is used: method,
-/// API key, declared size, then the body itself, capped and timed, its signature, and its
-/// content coding undone within the same size limit.
-async fn admit(
-    session: &mut Session,
-    snapshot: &Snapshot,
-    workflow: &Workflow,
-) -> Result<Bytes, GatewayError> {
-    let request = session.req_header();
-    let method = request.method.as_str();
-    if !workflow.allows_method(method) {
-        return Err(GatewayError::MethodNotAllowed {
-            method: method.to_string(),
-            allowed: workflow.methods.join(", "),
-        });
-    }
-    snapshot
-        .config
-        .keys
-        .authenticate(&workflow.key_policy, &request.headers)?;
-    let declared = declared_length(session, workflow.max_body_bytes)?;
-
-    let total_timeout = snapshot.config.server.body_total_timeout;
-    let body = read_body(session, workflow.max_body_bytes, declared, total_timeout).await?;
-
-    // Over the bytes exactly as received, before anything parses them.
-    let headers = &session.req_header().headers;
-    if let Some(signature) = &workflow.signature {
-        signature.verify(headers, &body, crate::signature::now())?;
-    }
-    let coding = headers
-        .get(http::header::CONTENT_ENCODING)
-        .map(|value| value.to_str().unwrap_or("(not text)"));
-    crate::payload::decompress(coding, body, workflow.max_body_bytes)
-}
-
 /// Keeps an authenticated event as a sample of its workflow; false when it was not kept.
-fn keep_sample(session: &Session, live: &LiveWorkflow, source: SampleSource, body: &Bytes) -> bool {
+fn keep_sample(
+    session: &Session,
+    workflow: &Workflow,
+    live: &LiveWorkflow,
+    source: SampleSource,
+    body: &Bytes,
+) -> bool {
     let request = session.req_header();
     live.samples.record(&Arrival {
         source,
         method: request.method.as_str(),
         headers: &request.headers,
         query: request.uri.query(),
+        key_param: workflow.key_policy.query_param(),
         body,
     })
-}
-
-/// The declared Content-Length, refused with 413 before any byte of the body is read.
-fn declared_length(session: &Session, limit: usize) -> Result<Option<usize>, GatewayError> {
-    let Some(value) = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-    else {
-        return Ok(None);
-    };
-    let length = value
-        .to_str()
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok())
-        .ok_or_else(|| GatewayError::BadRequest("content-length is not a number".into()))?;
-
-    match usize::try_from(length) {
-        Ok(length) if length <= limit => Ok(Some(length)),
-        _ => Err(GatewayError::PayloadTooLarge { limit_bytes: limit }),
-    }
-}
-
-/// Reads the whole body, failing with 413 as soon as it passes `limit`: the rest is never
-/// buffered, and the connection is closed after the answer. Each read waits at most
-/// `server.body_read_timeout_ms` and the whole body `server.body_total_timeout_ms`, so a
-/// sender that trickles bytes cannot hold a connection open indefinitely.
-async fn read_body(
-    session: &mut Session,
-    limit: usize,
-    declared: Option<usize>,
-    total_timeout: std::time::Duration,
-) -> Result<Bytes, GatewayError> {
-    let outcome = tokio::time::timeout(total_timeout, read_capped(session, limit, declared)).await;
-    let outcome = outcome.unwrap_or(Err(GatewayError::RequestTimeout));
-    if outcome.is_err() {
-        // What is left of the request on the wire cannot be trusted to frame the next one.
-        session.set_keepalive(None);
-    }
-    outcome
-}
-
-async fn read_capped(
-    session: &mut Session,
-    limit: usize,
-    declared: Option<usize>,
-) -> Result<Bytes, GatewayError> {
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > limit {
-                    return Err(GatewayError::PayloadTooLarge { limit_bytes: limit });
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(body.freeze()),
-            Err(error) if matches!(error.etype(), ErrorType::ReadTimedout) => {
-                return Err(GatewayError::RequestTimeout)
-            }
-            Err(error) => {
-                let reason = error.etype().as_str().to_lowercase();
-                return Err(GatewayError::BadRequest(reason));
-            }
-        }
-    }
 }
 
 /// Writes `reply` with a Content-Length, so the connection can be kept alive.
@@ -477,6 +447,9 @@ impl ProxyHttp for Edge {
             status: 0,
             error_code: None,
             counted: false,
+            permits: Vec::new(),
+            pending_key: None,
+            replayed: false,
         }
     }
 
@@ -552,6 +525,7 @@ impl ProxyHttp for Edge {
             http.method = %session.req_header().method,
             http.status = ctx.status,
             error.code = ctx.error_code.unwrap_or("-"),
+            request.replayed = ctx.replayed,
             io.error = error.map(|e| e.etype().as_str()).unwrap_or("-"),
             client.addr = %client,
             duration_ms = ctx.started.elapsed().as_micros() as f64 / 1000.0,
