@@ -10,6 +10,7 @@ mod cli;
 mod examples;
 mod forward;
 mod hardening;
+mod intake;
 mod mapping_and_scripts;
 mod payload;
 mod reload_and_activation;

@@ -177,7 +177,6 @@ pub fn presented_key<'a>(
         match candidate {
             Err(_) => return Presented::Unusable,
             Ok(key) if key.is_empty() => {}
-            Ok(key) if key.bytes().any(|b| !b.is_ascii_graphic()) => return Presented::Unusable,
             Ok(key) if found.as_ref().is_some_and(|first| *first != key) => {
                 return Presented::Unusable
             }
