@@ -11,6 +11,7 @@ mod examples;
 mod forward;
 mod hardening;
 mod intake;
+mod intake_fuzz;
 mod mapping_and_scripts;
 mod payload;
 mod reload_and_activation;

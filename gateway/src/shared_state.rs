@@ -251,4 +251,24 @@ mod tests {
         ));
         state.settle("w:k", new, None);
     }
+
+    #[test]
+    fn a_kept_key_is_forgotten_when_its_time_is_up() {
+        let state: Arc<dyn SharedState> = Arc::new(Embedded::new(1 << 20));
+        let ttl = Duration::from_millis(200);
+        let Claim::Fresh(claim) = state.claim("w:k", ttl) else {
+            panic!("fresh");
+        };
+        let kept_at = Instant::now();
+        PendingKey::new(Arc::clone(&state), "w:k".into(), claim).keep(answer("run-1"));
+        loop {
+            match state.claim("w:k", ttl) {
+                Claim::Done(_) => assert!(kept_at.elapsed() < Duration::from_secs(10)),
+                Claim::Fresh(_) => break,
+                Claim::InProgress => panic!("a kept key is never in progress"),
+            }
+            std::thread::yield_now();
+        }
+        assert!(kept_at.elapsed() >= Duration::from_millis(150));
+    }
 }

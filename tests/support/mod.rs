@@ -435,7 +435,7 @@ fn spawn(
 }
 
 /// An HTTP/1.1 request. `Host` and `Content-Length` are added when sent, unless given.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Request {
     pub method: String,
     pub path: String,

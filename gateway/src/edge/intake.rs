@@ -88,7 +88,8 @@ pub async fn admit(
     Ok(Admitted { body, permits })
 }
 
-fn caller_of(session: &Session, snapshot: &Snapshot) -> Caller {
+/// The caller of `session`, as far as the trusted proxies let the gateway see.
+pub fn caller_of(session: &Session, snapshot: &Snapshot) -> Caller {
     let peer = session
         .client_addr()
         .and_then(|address| address.as_inet())

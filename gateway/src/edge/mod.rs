@@ -517,6 +517,12 @@ impl ProxyHttp for Edge {
             .client_addr()
             .map(ToString::to_string)
             .unwrap_or_default();
+        // The caller behind trusted proxies; the peer itself when there are none.
+        let caller = ctx
+            .snapshot
+            .as_ref()
+            .and_then(|snapshot| intake::caller_of(session, snapshot).address)
+            .map_or_else(|| "-".to_string(), |address| address.to_string());
         tracing::info!(
             workflow.id = ctx.workflow_id.as_deref().unwrap_or("-"),
             url.kind = if ctx.url_kind == UrlKind::Test { "test" } else { "production" },
@@ -528,6 +534,7 @@ impl ProxyHttp for Edge {
             request.replayed = ctx.replayed,
             io.error = error.map(|e| e.etype().as_str()).unwrap_or("-"),
             client.addr = %client,
+            client.ip = %caller,
             duration_ms = ctx.started.elapsed().as_micros() as f64 / 1000.0,
             "request"
         );
