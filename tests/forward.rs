@@ -236,12 +236,13 @@ fn retry_after_is_honoured_and_other_4xx_are_not_retried() {
 }
 
 #[test]
-fn run_that_exhausts_its_attempts_is_recorded_as_failed() {
+fn run_that_exhausts_its_attempts_is_dead_lettered() {
     let backend = Backend::start(|_, _| Reply::json(500, "{}"));
     let gateway = gateway_for(&backend);
     let accepted = gateway.post_json(&gateway.path("later"), "{}").json();
     let record = gateway.wait_for_run(accepted["run_id"].as_str().unwrap());
-    assert_eq!(record["state"], "failed");
+    assert_eq!(record["state"], "dead_lettered", "{record}");
+    assert_eq!(record["error"]["code"], "backend_rejected");
     assert_eq!(record["attempts"].as_array().unwrap().len(), 3);
     assert_eq!(backend.requests().len(), 3);
 }

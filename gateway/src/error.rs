@@ -90,6 +90,15 @@ pub enum GatewayError {
     #[error("too many runs are waiting; retry later")]
     Overloaded { retry_after_seconds: u64 },
 
+    #[error("the run journal cannot be written, so the run was not accepted; retry later")]
+    JournalUnavailable,
+
+    #[error("the run had used its {attempts} attempt(s) before it could start again")]
+    AttemptsExhausted { attempts: u32 },
+
+    #[error("run {0:?} has not ended, so it cannot be replayed")]
+    RunNotFinished(String),
+
     #[error("backend {backend} is unavailable: {reason}")]
     BackendUnavailable {
         backend: String,
@@ -175,7 +184,9 @@ impl GatewayError {
             Self::Rejected { status, .. } => *status,
             Self::ScriptError | Self::Internal => 500,
             Self::ScriptTimeout(_) => 504,
-            Self::Overloaded { .. } => 503,
+            Self::Overloaded { .. } | Self::JournalUnavailable => 503,
+            Self::AttemptsExhausted { .. } => 502,
+            Self::RunNotFinished(_) => 409,
             Self::RequestTimeout => 408,
             Self::BackendUnavailable { status, .. } => *status,
             Self::BackendTimeout { .. } => 504,
@@ -207,6 +218,9 @@ impl GatewayError {
             Self::ScriptError => "script_error",
             Self::ScriptTimeout(_) => "script_timeout",
             Self::Overloaded { .. } => "overloaded",
+            Self::JournalUnavailable => "journal_unavailable",
+            Self::AttemptsExhausted { .. } => "attempts_exhausted",
+            Self::RunNotFinished(_) => "run_not_finished",
             Self::RequestTimeout => "request_timeout",
             Self::BadRequest(_) => "bad_request",
             Self::Internal => "internal_error",
@@ -236,6 +250,7 @@ impl GatewayError {
                 ..
             } => vec![("retry-after", retry_after_seconds.to_string())],
             Self::DuplicateInProgress => vec![("retry-after", "1".to_string())],
+            Self::JournalUnavailable => vec![("retry-after", "5".to_string())],
             Self::BackendUnavailable { status: 503, .. } => vec![("retry-after", "5".to_string())],
             Self::Unauthorized(_) | Self::Rejected { status: 401, .. } => vec![(
                 "www-authenticate",

@@ -20,6 +20,7 @@ pub mod handshake;
 pub mod http_reply;
 #[cfg(test)]
 mod intake_fuzz;
+pub mod journal;
 pub mod limits;
 pub mod mapping;
 pub mod memory;

@@ -1,24 +1,25 @@
-//! Runs: their ids, the records that `GET /api/v1/runs/{id}` shows, and the bounded pool that
-//! executes accepted (202) runs: the script first, then, for forwarding workflows, delivery to
-//! the backend with retries.
+//! Runs: their ids, and the pool that executes accepted (202) runs: the script first, then,
+//! for forwarding workflows, delivery to the backend, attempt after attempt.
 //!
-//! The pool has its own Tokio runtime. At most `runs.workers` runs execute at once (scripts on
-//! blocking threads, deliveries as tasks) and at most `runs.queue_capacity` wait; past that the
-//! caller gets 503 `overloaded` instead of a silent drop. Records live in a moka cache bounded
-//! by count and age. The queue is in memory: runs not finished when the process stops are lost.
+//! A run is written to the journal (see [`crate::journal`]) before the caller hears 202, and
+//! each attempt is written before it starts, so a run accepted is a run executed, even across
+//! a crash: at start, the runs the journal holds unfinished are queued again. At most
+//! `runs.queue_capacity` runs may be unfinished at once; past that the caller gets 503
+//! `overloaded`. At most `runs.workers` execute at once, on the pool's own Tokio runtime.
 
-use crate::config::{RunSettings, Workflow};
+use crate::config::{Config, RunSettings, Workflow};
 use crate::error::GatewayError;
 use crate::forward::backends::Backends;
 use crate::forward::client::{self, ForwardError, UpstreamRequest};
 use crate::forward::{build_request, RequestIds};
-use crate::pipeline::{self, Prepared};
+use crate::journal::{Attempt, JournalError, Outcome, RunError, RunInput, RunState};
+use crate::pipeline::{self, Prepared, RequestParts};
 use crate::script::ScriptEngine;
+use crate::shared_state::SharedState;
 use bytes::Bytes;
-use moka::sync::Cache;
 use pingora::connectors::http::Connector;
-use serde::Serialize;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, Semaphore};
@@ -34,106 +35,11 @@ pub fn new_run_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunState {
-    Accepted,
-    Running,
-    Succeeded,
-    /// The script ended the run with `reject()`.
-    Rejected,
-    Failed,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RunError {
-    pub code: &'static str,
-    pub message: String,
-    /// The status a synchronous caller would have received.
-    pub status: u16,
-}
-
-/// One try at delivering a run to its backend.
-#[derive(Debug, Clone, Serialize)]
-pub struct Attempt {
-    pub number: u32,
-    pub started_at: String,
-    pub duration_ms: f64,
-    /// The backend's status, when it answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// What the admin API shows of one run.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunRecord {
-    pub run_id: String,
-    pub workflow_id: String,
-    pub state: RunState,
-    pub accepted_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<RunError>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub attempts: Vec<Attempt>,
-}
-
 fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-/// Run records, bounded in count and age.
-#[derive(Clone)]
-pub struct RunStore {
-    records: Cache<String, Arc<RunRecord>>,
-}
-
-impl RunStore {
-    pub fn new(settings: &RunSettings) -> Self {
-        let records = Cache::builder()
-            .max_capacity(settings.max_records)
-            .time_to_live(settings.record_ttl)
-            .build();
-        Self { records }
-    }
-
-    pub fn get(&self, run_id: &str) -> Option<Arc<RunRecord>> {
-        self.records.get(run_id)
-    }
-
-    /// Records matching the filters, newest first (run ids sort by creation time).
-    pub fn list(
-        &self,
-        workflow_id: Option<&str>,
-        state: Option<RunState>,
-        limit: usize,
-    ) -> Vec<Arc<RunRecord>> {
-        let mut matching: Vec<Arc<RunRecord>> = self
-            .records
-            .iter()
-            .map(|(_, record)| record)
-            .filter(|record| workflow_id.is_none_or(|id| record.workflow_id == id))
-            .filter(|record| state.is_none_or(|wanted| record.state == wanted))
-            .collect();
-        matching.sort_by(|a, b| b.run_id.cmp(&a.run_id));
-        matching.truncate(limit);
-        matching
-    }
-
-    fn put(&self, record: &RunRecord) {
-        self.records
-            .insert(record.run_id.clone(), Arc::new(record.clone()));
-    }
-}
-
-/// One accepted run waiting for its turn.
+/// One run, ready to execute.
 pub struct Job {
     pub run_id: String,
     pub request_id: String,
@@ -146,78 +52,153 @@ pub struct Job {
     /// reload in the meantime does not change what the run does.
     pub engine: Arc<ScriptEngine>,
     pub backends: Arc<Backends>,
+    /// Attempts already made (since the last replay), from the journal.
+    pub attempts_made: u32,
 }
 
 /// What every run task shares.
 struct RunContext {
-    store: RunStore,
+    shared: Arc<dyn SharedState>,
     connector: Connector,
+    /// Runs written and not yet ended.
+    unfinished: AtomicUsize,
 }
 
 /// The background pool for accepted runs.
 pub struct RunPool {
-    queue: mpsc::Sender<(Job, RunRecord)>,
-    store: RunStore,
+    queue: mpsc::UnboundedSender<Job>,
+    context: Arc<RunContext>,
+    capacity: usize,
     _runtime: tokio::runtime::Runtime,
 }
 
 impl RunPool {
-    pub fn start(settings: &RunSettings) -> std::io::Result<Self> {
+    pub fn start(settings: &RunSettings, shared: Arc<dyn SharedState>) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("runs")
             .enable_all()
             .build()?;
-        let store = RunStore::new(settings);
         let context = Arc::new(RunContext {
-            store: store.clone(),
+            shared,
             connector: Connector::new(None),
+            unfinished: AtomicUsize::new(0),
         });
 
-        let (queue, receiver) = mpsc::channel(settings.queue_capacity);
+        // Unbounded because `unfinished` bounds it: a run enters only once it is counted.
+        let (queue, receiver) = mpsc::unbounded_channel();
         let slots = Arc::new(Semaphore::new(settings.workers));
-        runtime.spawn(dispatch(receiver, slots, context));
+        runtime.spawn(dispatch(receiver, slots, Arc::clone(&context)));
         Ok(Self {
             queue,
-            store,
+            context,
+            capacity: settings.queue_capacity,
             _runtime: runtime,
         })
     }
 
-    pub fn store(&self) -> &RunStore {
-        &self.store
+    /// Writes the run to the journal and queues it; returns once it is durable. Refuses with
+    /// `overloaded` when too many runs are unfinished or the journal is saturated.
+    pub async fn submit(&self, job: Job, input: RunInput) -> Result<(), GatewayError> {
+        let unfinished = &self.context.unfinished;
+        let taken = unfinished.fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+            (count < self.capacity).then_some(count + 1)
+        });
+        if taken.is_err() {
+            return Err(GatewayError::Overloaded {
+                retry_after_seconds: 1,
+            });
+        }
+
+        if let Err(error) = self.context.shared.journal().append(input).await {
+            unfinished.fetch_sub(1, Ordering::AcqRel);
+            return Err(match error {
+                JournalError::Saturated => GatewayError::Overloaded {
+                    retry_after_seconds: 1,
+                },
+                JournalError::Failed(reason) => {
+                    tracing::error!(journal.error = %reason, "an accepted run could not be written");
+                    GatewayError::JournalUnavailable
+                }
+            });
+        }
+        self.enqueue(job);
+        Ok(())
     }
 
-    /// Queues a run, or refuses with `overloaded` when the queue is full.
-    pub fn submit(&self, job: Job) -> Result<(), GatewayError> {
-        let record = RunRecord {
-            run_id: job.run_id.clone(),
-            workflow_id: job.workflow.id.clone(),
-            state: RunState::Accepted,
-            accepted_at: now(),
-            started_at: None,
-            finished_at: None,
-            result: None,
-            error: None,
-            attempts: Vec::new(),
-        };
-
-        // The record goes in first so that a fast worker never overwrites a later state.
-        self.store.put(&record);
-        let run_id = job.run_id.clone();
-        self.queue.try_send((job, record)).map_err(|_| {
-            self.store.records.invalidate(&run_id);
-            GatewayError::Overloaded {
-                retry_after_seconds: 1,
+    /// Queues runs the journal already holds: unfinished ones at start, replayed ones later.
+    /// A run whose workflow is gone, or whose input no longer passes it, ends failed.
+    pub fn resume(&self, config: &Config, backends: &Arc<Backends>, runs: Vec<(RunInput, u32)>) {
+        for (input, attempts_made) in runs {
+            self.context.unfinished.fetch_add(1, Ordering::AcqRel);
+            match rebuild(config, backends, &input, attempts_made) {
+                Ok(job) => self.enqueue(job),
+                Err(error) => {
+                    let context = Arc::clone(&self.context);
+                    let run_id = input.run_id.clone();
+                    self._runtime.spawn(async move {
+                        end(&context, &run_id, Err(RunFailure::Final(error))).await;
+                    });
+                }
             }
-        })
+        }
+    }
+
+    fn enqueue(&self, job: Job) {
+        if self.queue.send(job).is_err() {
+            tracing::error!("the run pool has stopped; the run stays in the journal");
+        }
+    }
+
+    /// Runs written and not yet ended.
+    pub fn unfinished(&self) -> usize {
+        self.context.unfinished.load(Ordering::Acquire)
     }
 }
 
+/// A journaled run made into a job again, under the configuration in force now.
+fn rebuild(
+    config: &Config,
+    backends: &Arc<Backends>,
+    input: &RunInput,
+    attempts_made: u32,
+) -> Result<Job, GatewayError> {
+    let workflow = config
+        .workflow(&input.workflow_id)
+        .cloned()
+        .ok_or_else(|| GatewayError::UnknownWorkflow(input.workflow_id.clone()))?;
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &input.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let parts = RequestParts {
+        headers: &headers,
+        query: input.query.as_deref(),
+        body: &input.body,
+    };
+    let prepared = pipeline::prepare(&workflow, &config.limits, &parts)?;
+    Ok(Job {
+        run_id: input.run_id.clone(),
+        request_id: input.request_id.clone(),
+        workflow,
+        prepared,
+        body: Bytes::from(input.body.clone()),
+        caller_method: input.method.clone(),
+        engine: Arc::clone(&config.engine),
+        backends: Arc::clone(backends),
+        attempts_made,
+    })
+}
+
 /// Starts queued runs as slots free up. A run holds its slot until it ends, so at most
-/// `workers` run at once and the rest wait in the bounded queue.
+/// `workers` run at once and the rest wait in the queue.
 async fn dispatch(
-    mut receiver: mpsc::Receiver<(Job, RunRecord)>,
+    mut receiver: mpsc::UnboundedReceiver<Job>,
     slots: Arc<Semaphore>,
     context: Arc<RunContext>,
 ) {
@@ -225,60 +206,154 @@ async fn dispatch(
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let Some((job, record)) = receiver.recv().await else {
+        let Some(job) = receiver.recv().await else {
             return;
         };
         let context = Arc::clone(&context);
         tokio::spawn(async move {
-            execute(&context, job, record).await;
+            execute(&context, job).await;
             drop(slot);
         });
     }
 }
 
-async fn execute(context: &Arc<RunContext>, job: Job, mut record: RunRecord) {
-    record.state = RunState::Running;
-    record.started_at = Some(now());
-    context.store.put(&record);
+/// Why an attempt did not succeed.
+enum RunFailure {
+    /// Another attempt could succeed: a connection failure, a timeout, 429 or 5xx.
+    Retryable {
+        error: GatewayError,
+        retry_after: Option<Duration>,
+        /// What went wrong on the wire, when the backend gave no answer.
+        detail: Option<String>,
+    },
+    /// Another attempt would end the same way.
+    Final(GatewayError),
+}
 
-    let outcome = match run_script(&job).await {
-        Ok(result) => match &job.workflow.forward {
-            Some(_) => deliver(context, &job, result.as_ref(), &mut record).await,
-            None => Ok(result.unwrap_or(Value::Null)),
-        },
-        Err(error) => Err(error),
+/// Makes attempts until one succeeds, one fails for good, or the workflow's attempts run
+/// out (the run is then dead-lettered). Each attempt is in the journal before it starts.
+async fn execute(context: &Arc<RunContext>, job: Job) {
+    let journal = context.shared.journal();
+    let max_attempts = job
+        .workflow
+        .forward
+        .as_ref()
+        .map_or(1, |forward| forward.retry.max_attempts);
+    let mut number = job.attempts_made + 1;
+
+    let outcome = loop {
+        if number > max_attempts {
+            break Err(RunFailure::Final(GatewayError::AttemptsExhausted {
+                attempts: max_attempts,
+            }));
+        }
+        if let Err(error) = journal.attempt_started(&job.run_id, number).await {
+            // Without a trace of the attempt, a crash could repeat it unnoticed: wait.
+            tracing::error!(run.id = %job.run_id, journal.error = %error, "attempt not recorded; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+
+        let started = Instant::now();
+        let started_at = now();
+        let (outcome, status) = attempt_once(context, &job).await;
+        let mut attempt = Attempt {
+            number,
+            started_at,
+            duration_ms: Some(started.elapsed().as_micros() as f64 / 1000.0),
+            status,
+            error: None,
+        };
+        let failure = match outcome {
+            Ok(result) => {
+                journal.attempt_ended(&job.run_id, &attempt, false);
+                break Ok(result);
+            }
+            Err(failure) => failure,
+        };
+        attempt.error = match &failure {
+            RunFailure::Retryable { detail, .. } => detail.clone(),
+            RunFailure::Final(_) if status.is_some() => None,
+            RunFailure::Final(error) => Some(error.to_string()),
+        };
+        let retry_after = match failure {
+            RunFailure::Retryable { retry_after, .. } if number < max_attempts => retry_after,
+            failure => {
+                journal.attempt_ended(&job.run_id, &attempt, false);
+                break Err(failure);
+            }
+        };
+        journal.attempt_ended(&job.run_id, &attempt, true);
+
+        number += 1;
+        let backoff = job
+            .workflow
+            .forward
+            .as_ref()
+            .map_or(Duration::ZERO, |forward| forward.retry.backoff(number));
+        // A backend's Retry-After wins over the backoff schedule, up to an hour.
+        let wait = retry_after.map_or(backoff, |asked| asked.min(MAX_RETRY_AFTER).max(backoff));
+        tokio::time::sleep(wait).await;
     };
 
-    finish(&mut record, outcome);
+    end(context, &job.run_id, outcome).await;
     tracing::info!(
         workflow.id = %job.workflow.id,
         run.id = %job.run_id,
-        run.state = ?record.state,
-        run.attempts = record.attempts.len(),
+        run.attempts = number.min(max_attempts),
         "run finished"
     );
-    context.store.put(&record);
 }
 
-fn finish(record: &mut RunRecord, outcome: Result<Value, GatewayError>) {
-    record.finished_at = Some(now());
-    match outcome {
-        Ok(result) => {
-            record.state = RunState::Succeeded;
-            record.result = Some(result);
-        }
-        Err(error) => {
-            record.state = match error {
-                GatewayError::Rejected { .. } => RunState::Rejected,
-                _ => RunState::Failed,
+/// Records how the run ended and gives its place back.
+async fn end(context: &Arc<RunContext>, run_id: &str, outcome: Result<Value, RunFailure>) {
+    let outcome = match outcome {
+        Ok(result) => Outcome {
+            state: RunState::Succeeded,
+            result: Some(result),
+            error: None,
+        },
+        Err(failure) => {
+            let (state, error) = match failure {
+                RunFailure::Retryable { error, .. } => (RunState::DeadLettered, error),
+                RunFailure::Final(error @ GatewayError::Rejected { .. }) => {
+                    (RunState::Rejected, error)
+                }
+                RunFailure::Final(error) => (RunState::Failed, error),
             };
-            record.error = Some(RunError {
-                code: error.code(),
-                message: error.to_string(),
-                status: error.status(),
-            });
+            Outcome {
+                state,
+                result: None,
+                error: Some(RunError {
+                    code: error.code().to_string(),
+                    message: error.to_string(),
+                    status: error.status(),
+                }),
+            }
         }
+    };
+    let state = outcome.state;
+    if let Err(error) = context.shared.journal().finish(run_id, outcome).await {
+        // The run stays unfinished in the journal and runs again after a restart.
+        tracing::error!(run.id = %run_id, journal.error = %error, "a run's end was not recorded");
     }
+    context.unfinished.fetch_sub(1, Ordering::AcqRel);
+    tracing::debug!(run.id = %run_id, run.state = state.as_str(), "run ended");
+}
+
+/// One attempt: the script, then the delivery. Returns the backend's status when it answered.
+async fn attempt_once(
+    context: &Arc<RunContext>,
+    job: &Job,
+) -> (Result<Value, RunFailure>, Option<u16>) {
+    let script_result = match run_script(job).await {
+        Ok(result) => result,
+        Err(error) => return (Err(RunFailure::Final(error)), None),
+    };
+    if job.workflow.forward.is_none() {
+        return (Ok(script_result.unwrap_or(Value::Null)), None);
+    }
+    deliver(context, job, script_result.as_ref()).await
 }
 
 /// Runs the script on a blocking thread; `Ok(None)` for a workflow without one. A workflow
@@ -299,23 +374,22 @@ async fn run_script(job: &Job) -> Result<Option<Value>, GatewayError> {
         .map(Some)
 }
 
-/// Delivers the run to its backend, retrying connection failures, timeouts, 429 and 5xx with
-/// exponential backoff (honouring `Retry-After`), and never other 4xx. Every attempt is recorded.
+/// Delivers the run to its backend once. Connection failures, timeouts, 429 and 5xx may be
+/// retried; other 4xx are final.
 async fn deliver(
     context: &Arc<RunContext>,
     job: &Job,
     script_result: Option<&Value>,
-    record: &mut RunRecord,
-) -> Result<Value, GatewayError> {
-    let forward = job
-        .workflow
-        .forward
-        .as_ref()
-        .ok_or(GatewayError::Internal)?;
-    let pool = job
-        .backends
-        .get(&forward.backend)
-        .ok_or(GatewayError::Internal)?;
+) -> (Result<Value, RunFailure>, Option<u16>) {
+    let (Some(forward), Some(pool)) = (
+        job.workflow.forward.as_ref(),
+        job.workflow
+            .forward
+            .as_ref()
+            .and_then(|forward| job.backends.get(&forward.backend)),
+    ) else {
+        return (Err(RunFailure::Final(GatewayError::Internal)), None);
+    };
     let ids = RequestIds {
         run_id: &job.run_id,
         workflow_id: &job.workflow.id,
@@ -330,40 +404,31 @@ async fn deliver(
         &ids,
     );
 
-    let mut number = 1;
-    loop {
-        let started = Instant::now();
-        let started_at = now();
-        let outcome = attempt(context, pool, &request).await;
-        record.attempts.push(Attempt {
-            number,
-            started_at,
-            duration_ms: started.elapsed().as_micros() as f64 / 1000.0,
-            status: outcome.as_ref().ok().map(|answer| answer.status),
-            error: outcome.as_ref().err().map(ForwardError::describe),
-        });
-        context.store.put(record);
-
-        let retry_after = match outcome {
-            Ok(answer) if answer.status < 400 => return Ok(answer.into_result()),
-            Ok(answer) if answer.status != 429 && answer.status < 500 => {
-                return Err(rejected_by_backend(&forward.backend, &answer));
-            }
-            Ok(answer) if number >= forward.retry.max_attempts => {
-                return Err(rejected_by_backend(&forward.backend, &answer));
-            }
-            Err(error) if number >= forward.retry.max_attempts => {
-                return Err(error.into_gateway_error(&forward.backend));
-            }
-            Ok(answer) => answer.retry_after,
-            Err(_) => None,
-        };
-
-        number += 1;
-        let backoff = forward.retry.backoff(number);
-        // A backend's Retry-After wins over the backoff schedule, up to an hour.
-        let wait = retry_after.map_or(backoff, |asked| asked.min(MAX_RETRY_AFTER).max(backoff));
-        tokio::time::sleep(wait).await;
+    match attempt(context, pool, &request).await {
+        Ok(answer) if answer.status < 400 => (Ok(answer.clone_result()), Some(answer.status)),
+        Ok(answer) if answer.status != 429 && answer.status < 500 => (
+            Err(RunFailure::Final(rejected_by_backend(
+                &forward.backend,
+                &answer,
+            ))),
+            Some(answer.status),
+        ),
+        Ok(answer) => (
+            Err(RunFailure::Retryable {
+                error: rejected_by_backend(&forward.backend, &answer),
+                retry_after: answer.retry_after,
+                detail: None,
+            }),
+            Some(answer.status),
+        ),
+        Err(error) => (
+            Err(RunFailure::Retryable {
+                detail: Some(error.describe()),
+                error: error.into_gateway_error(&forward.backend),
+                retry_after: None,
+            }),
+            None,
+        ),
     }
 }
 
@@ -376,7 +441,7 @@ struct Answer {
 }
 
 impl Answer {
-    fn into_result(self) -> Value {
+    fn clone_result(&self) -> Value {
         let body = serde_json::from_slice::<Value>(&self.body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.body).into_owned()));
         json!({ "status": self.status, "body": body, "body_truncated": self.truncated })

@@ -9,6 +9,7 @@ use crate::admin::AdminApi;
 use crate::config::{AdminSettings, Config, IdempotencySettings, RunSettings};
 use crate::edge::Edge;
 use crate::forward::backends::Backends;
+use crate::journal::{Journal, RunJournal};
 use crate::limits::KeyGauges;
 use crate::registry::Registry;
 use crate::reload::{self, ReloadReport};
@@ -99,12 +100,17 @@ impl GatewayState {
             .enable_all()
             .build()
             .map_err(|error| format!("cannot start the control runtime: {error}"))?;
-        let runs = RunPool::start(&config.runs)
+        let journal_path = config.state_dir.join(JOURNAL_FILE);
+        let journal_capacity = (config.runs.queue_capacity * 8).max(1024);
+        let journal = Journal::open(&journal_path, journal_capacity)?;
+        let shared: Arc<dyn SharedState> =
+            Arc::new(Embedded::new(journal, config.idempotency.max_bytes));
+        let runs = RunPool::start(&config.runs, Arc::clone(&shared))
             .map_err(|error| format!("cannot start the run pool: {error}"))?;
 
-        let shared = Arc::new(Embedded::new(config.idempotency.max_bytes));
         let startup = StartupSettings::of(&config);
         let snapshot = build_snapshot(config, 1, None, &secret, &registry, control.handle())?;
+        resume_unfinished_runs(&runs, shared.journal(), &snapshot)?;
         Ok(Arc::new(Self {
             current: ArcSwap::from_pointee(snapshot),
             startup,
@@ -129,6 +135,53 @@ impl GatewayState {
     pub(crate) fn install(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
     }
+}
+
+/// The run journal, in the state folder.
+pub const JOURNAL_FILE: &str = "runs.db";
+
+/// Queues again the runs a previous process accepted and did not finish.
+fn resume_unfinished_runs(
+    runs: &RunPool,
+    journal: &dyn RunJournal,
+    snapshot: &Snapshot,
+) -> Result<(), String> {
+    let interrupted = journal.close_interrupted_attempts()?;
+    let unfinished = journal.unfinished()?;
+    if !unfinished.is_empty() {
+        tracing::info!(
+            runs.resumed = unfinished.len(),
+            runs.interrupted_attempts = interrupted,
+            "resuming runs accepted before the last stop"
+        );
+    }
+    runs.resume(&snapshot.config, &snapshot.backends, unfinished);
+    Ok(())
+}
+
+/// Trims the journal to `runs.max_records` ended runs no older than `runs.record_ttl_seconds`,
+/// every `runs.retention_interval_ms`, for as long as the gateway runs.
+fn keep_journal_bounded(state: &Arc<GatewayState>) {
+    let weak = Arc::downgrade(state);
+    let settings = state.startup.runs.clone();
+    state.control.spawn(async move {
+        let mut every = tokio::time::interval(settings.retention_interval);
+        loop {
+            every.tick().await;
+            let Some(state) = weak.upgrade() else {
+                return;
+            };
+            let journal = state.shared.journal();
+            let trimmed = journal
+                .purge_older_than(settings.record_ttl, None)
+                .and_then(|aged| Ok(aged + journal.trim_to(settings.max_records)?));
+            match trimmed {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(runs.deleted = count, "journal trimmed"),
+                Err(error) => tracing::warn!(journal.error = %error, "journal trim failed"),
+            }
+        }
+    });
 }
 
 /// Builds the router and backends for `config`, reusing unchanged backend pools of
@@ -197,6 +250,7 @@ pub fn run(config: Config) -> Result<(), String> {
     }
 
     reload::watch(&state);
+    keep_journal_bounded(&state);
     tracing::info!(
         server.listen = %startup.listen,
         workflows = state.snapshot().config.workflows.len(),
@@ -230,7 +284,7 @@ fn server_conf(config: &Config) -> ServerConf {
     let state_dir = config.state_dir.display();
     ServerConf {
         threads: config.server.threads,
-        // Accepted runs are held in memory, so a long drain buys nothing; keep stops quick.
+        // Accepted runs are in the journal and resume at the next start: keep stops quick.
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(5),
         pid_file: format!("{state_dir}/gateway.pid"),

@@ -1,8 +1,10 @@
-//! State that several gateway instances would have to share to act as one: idempotency keys
-//! and rate-limit buckets. Everything reaches it through [`SharedState`], whose default,
-//! [`Embedded`], keeps it in bounded in-process caches; a deployment with several instances
-//! can put another implementation (a distributed store) behind the same calls.
+//! State that several gateway instances would have to share to act as one: the run journal,
+//! idempotency keys and rate-limit buckets. Everything reaches it through [`SharedState`],
+//! whose default, [`Embedded`], keeps the journal in SQLite and the rest in bounded
+//! in-process caches; a deployment with several instances can put another implementation (a
+//! distributed store) behind the same calls.
 
+use crate::journal::{Journal, RunJournal};
 use crate::limits::{Bucket, RateLimit};
 use bytes::Bytes;
 use moka::ops::compute::Op;
@@ -23,6 +25,9 @@ pub trait SharedState: Send + Sync {
 
     /// Takes a token from the bucket named `bucket`, or says how long until there is one.
     fn take_token(&self, bucket: &str, rate: RateLimit) -> Result<(), Duration>;
+
+    /// Where accepted runs are written before they are acknowledged.
+    fn journal(&self) -> &dyn RunJournal;
 }
 
 /// What claiming an idempotency key found.
@@ -72,8 +77,10 @@ impl moka::Expiry<String, Remembered> for UntilTtl {
     }
 }
 
-/// The in-process implementation: moka caches bounded in bytes (keys) and entries (buckets).
+/// The embedded implementation: SQLite for the journal, moka caches bounded in bytes (keys)
+/// and entries (buckets).
 pub struct Embedded {
+    journal: Journal,
     keys: Cache<String, Remembered>,
     buckets: Cache<String, Arc<Mutex<Bucket>>>,
     next_claim: AtomicU64,
@@ -85,7 +92,7 @@ const BUCKET_IDLE: Duration = Duration::from_secs(3600);
 const MAX_BUCKETS: u64 = 1_000_000;
 
 impl Embedded {
-    pub fn new(max_key_bytes: usize) -> Self {
+    pub fn new(journal: Journal, max_key_bytes: usize) -> Self {
         let keys = Cache::builder()
             .max_capacity(max_key_bytes as u64)
             .weigher(|key: &String, value: &Remembered| {
@@ -102,6 +109,7 @@ impl Embedded {
             .time_to_idle(BUCKET_IDLE)
             .build();
         Self {
+            journal,
             keys,
             buckets,
             next_claim: AtomicU64::new(1),
@@ -154,6 +162,10 @@ impl SharedState for Embedded {
         let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
         bucket.take(rate, now)
     }
+
+    fn journal(&self) -> &dyn RunJournal {
+        &self.journal
+    }
 }
 
 /// A claimed idempotency key that forgets itself unless settled: a request that ends in an
@@ -195,6 +207,14 @@ impl Drop for PendingKey {
 mod tests {
     use super::*;
 
+    fn embedded() -> Embedded {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("runs.db"), 16).unwrap();
+        // The database's folder must outlive it; a test process is short.
+        std::mem::forget(dir);
+        Embedded::new(journal, 1 << 20)
+    }
+
     fn answer(run_id: &str) -> FirstAnswer {
         FirstAnswer {
             run_id: Some(run_id.into()),
@@ -206,7 +226,7 @@ mod tests {
 
     #[test]
     fn a_key_is_run_once_and_its_repeats_get_the_first_answer() {
-        let state: Arc<dyn SharedState> = Arc::new(Embedded::new(1 << 20));
+        let state: Arc<dyn SharedState> = Arc::new(embedded());
         let Claim::Fresh(claim) = state.claim("w:k", Duration::from_secs(60)) else {
             panic!("the first claim is fresh");
         };
@@ -223,7 +243,7 @@ mod tests {
 
     #[test]
     fn an_unsettled_claim_frees_the_key_for_a_retry() {
-        let state: Arc<dyn SharedState> = Arc::new(Embedded::new(1 << 20));
+        let state: Arc<dyn SharedState> = Arc::new(embedded());
         let Claim::Fresh(claim) = state.claim("w:k", Duration::from_secs(60)) else {
             panic!("the first claim is fresh");
         };
@@ -236,7 +256,7 @@ mod tests {
 
     #[test]
     fn a_stale_claim_does_not_overwrite_a_newer_one() {
-        let state = Embedded::new(1 << 20);
+        let state = embedded();
         let Claim::Fresh(old) = state.claim("w:k", Duration::from_secs(60)) else {
             panic!("fresh");
         };
@@ -254,7 +274,7 @@ mod tests {
 
     #[test]
     fn a_kept_key_is_forgotten_when_its_time_is_up() {
-        let state: Arc<dyn SharedState> = Arc::new(Embedded::new(1 << 20));
+        let state: Arc<dyn SharedState> = Arc::new(embedded());
         let ttl = Duration::from_millis(200);
         let Claim::Fresh(claim) = state.claim("w:k", ttl) else {
             panic!("fresh");

@@ -379,7 +379,7 @@ impl Gateway {
             assert_eq!(response.status, 200, "run {run_id}: {}", response.text());
             let record = response.json();
             let state = record["state"].as_str().unwrap_or_default().to_string();
-            if !matches!(state.as_str(), "accepted" | "running") {
+            if !matches!(state.as_str(), "accepted" | "running" | "retrying") {
                 return record;
             }
             assert!(Instant::now() < deadline, "run {run_id} stuck in {state}");

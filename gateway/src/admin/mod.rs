@@ -7,14 +7,15 @@
 //! started at all. `/healthz` and `/readyz` answer without a token, for probes, and reveal
 //! nothing. Answers use the same JSON error shape as the webhook listener.
 
+mod runs;
 mod views;
 
 use crate::auth::secrets_equal;
 use crate::authoring::samples::Sample;
 use crate::error::GatewayError;
 use crate::http_reply::Reply;
+use crate::journal::RunState;
 use crate::reload::{self, Outcome, Trigger};
-use crate::runs::RunState;
 use crate::server::GatewayState;
 use async_trait::async_trait;
 use http::{Method, Response};
@@ -25,9 +26,6 @@ use std::sync::Arc;
 
 /// The OpenAPI document of this API.
 const OPENAPI: &str = include_str!("../../../docs/openapi.json");
-
-/// Most runs one listing returns.
-const MAX_LISTED_RUNS: usize = 1_000;
 
 pub struct AdminApi {
     state: Arc<GatewayState>,
@@ -112,8 +110,17 @@ impl AdminApi {
                 self.replay(id, sample_id).await
             }
             ["workflows", _, "samples", _, "replay"] => Err(not_allowed(method, "POST")),
-            ["runs"] => only(method, Method::GET, || self.runs(call.query)),
-            ["runs", run_id] => only(method, Method::GET, || self.run(run_id)),
+            ["workflows", id, "dead-letters", "replay"] => only(method, Method::POST, || {
+                runs::replay_dead_letters(&self.state, id)
+            }),
+            ["runs"] if method == Method::DELETE => runs::purge(&self.state, call.query),
+            ["runs"] => only_either(method, "GET, DELETE", || {
+                runs::list(&self.state, call.query)
+            }),
+            ["runs", run_id] => only(method, Method::GET, || runs::show(&self.state, run_id)),
+            ["runs", run_id, "replay"] => {
+                only(method, Method::POST, || runs::replay(&self.state, run_id))
+            }
             ["config"] => only(method, Method::GET, || self.config()),
             ["reload"] if method == Method::POST => self.reload().await,
             ["reload"] => Err(not_allowed(method, "POST")),
@@ -214,30 +221,6 @@ impl AdminApi {
             .await
             .map_err(|_| GatewayError::Internal)?;
         Ok(Reply::json(200, &trace))
-    }
-
-    fn runs(&self, query: Option<&str>) -> Result<Reply, GatewayError> {
-        let filter = views::RunFilter::parse(query, MAX_LISTED_RUNS)?;
-        let runs =
-            self.state
-                .runs
-                .store()
-                .list(filter.workflow.as_deref(), filter.state, filter.limit);
-        let runs: Vec<_> = runs.iter().map(|record| json!(**record)).collect();
-        Ok(Reply::json(
-            200,
-            &json!({ "count": runs.len(), "runs": runs }),
-        ))
-    }
-
-    fn run(&self, run_id: &str) -> Result<Reply, GatewayError> {
-        let record = self
-            .state
-            .runs
-            .store()
-            .get(run_id)
-            .ok_or_else(|| GatewayError::UnknownRun(run_id.to_string()))?;
-        Ok(Reply::json(200, &json!(*record)))
     }
 
     fn config(&self) -> Result<Reply, GatewayError> {
@@ -371,8 +354,9 @@ fn into_response(reply: Reply, head_only: bool) -> Response<Vec<u8>> {
 }
 
 /// Names the run states a `state` filter accepts, for its error message.
-pub(crate) const RUN_STATES: &str = "accepted, running, succeeded, rejected, failed";
+pub(crate) const RUN_STATES: &str =
+    "accepted, running, retrying, succeeded, rejected, failed, dead_lettered";
 
 pub(crate) fn parse_run_state(text: &str) -> Option<RunState> {
-    serde_json::from_value(json!(text)).ok()
+    RunState::parse(text)
 }

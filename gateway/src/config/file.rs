@@ -200,12 +200,14 @@ impl Default for SandboxFile {
 pub struct RunsFile {
     /// Threads that execute accepted runs.
     pub workers: usize,
-    /// Accepted runs that may wait for a worker; past this, requests get 503.
+    /// Accepted runs that may be unfinished at once; past this, requests get 503.
     pub queue_capacity: usize,
-    /// Run records kept for `GET /api/v1/runs/{id}`.
+    /// Ended runs kept in the journal; the oldest go first.
     pub max_records: u64,
-    /// How long a run record is kept after its last change.
+    /// How long an ended run is kept in the journal.
     pub record_ttl_seconds: u64,
+    /// How often the journal is trimmed to `max_records` and `record_ttl_seconds`.
+    pub retention_interval_ms: u64,
 }
 
 impl Default for RunsFile {
@@ -214,7 +216,8 @@ impl Default for RunsFile {
             workers: 2,
             queue_capacity: 1024,
             max_records: 100_000,
-            record_ttl_seconds: 24 * 3600,
+            record_ttl_seconds: 7 * 24 * 3600,
+            retention_interval_ms: 60_000,
         }
     }
 }

@@ -116,6 +116,7 @@ pub struct RunSettings {
     pub queue_capacity: usize,
     pub max_records: u64,
     pub record_ttl: Duration,
+    pub retention_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -204,13 +204,19 @@ fn runs(file: &GatewayFile, problems: &mut Problems<'_>) -> RunSettings {
     problems.in_range(
         "runs.record_ttl_seconds",
         runs.record_ttl_seconds,
-        1..=30 * 24 * 3600,
+        1..=365 * 24 * 3600,
+    );
+    problems.in_range(
+        "runs.retention_interval_ms",
+        runs.retention_interval_ms,
+        50..=24 * 3600 * 1000,
     );
     RunSettings {
         workers: runs.workers.clamp(1, 256),
         queue_capacity: runs.queue_capacity.clamp(1, 1_000_000),
         max_records: runs.max_records.max(1),
         record_ttl: Duration::from_secs(runs.record_ttl_seconds.max(1)),
+        retention_interval: Duration::from_millis(runs.retention_interval_ms.max(50)),
     }
 }
 

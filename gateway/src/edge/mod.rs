@@ -22,6 +22,7 @@ use crate::forward::client::{self, Exchange};
 use crate::forward::{build_request, is_hop_by_hop, RequestIds};
 use crate::handshake;
 use crate::http_reply::Reply;
+use crate::journal::RunInput;
 use crate::pipeline::{self, Prepared, RequestParts};
 use crate::registry::LiveWorkflow;
 use crate::routing::UrlKind;
@@ -167,9 +168,19 @@ impl Edge {
         ctx.run_id = Some(run_id.clone());
         match workflow.response {
             ResponseMode::Accept => {
+                let input = RunInput {
+                    run_id: run_id.clone(),
+                    workflow_id: workflow.id.clone(),
+                    config_version: snapshot.version,
+                    request_id: ctx.request_id.clone(),
+                    method: caller_method.clone(),
+                    headers: journaled_headers(&request.headers),
+                    query: journaled_query(request.uri.query(), &workflow),
+                    body: body.to_vec(),
+                };
                 // A refused run never existed: its id must not reach the caller.
                 ctx.run_id = None;
-                self.state.runs.submit(Job {
+                let job = Job {
                     run_id: run_id.clone(),
                     request_id: ctx.request_id.clone(),
                     workflow,
@@ -178,7 +189,9 @@ impl Edge {
                     caller_method,
                     engine: Arc::clone(&snapshot.config.engine),
                     backends: Arc::clone(&snapshot.backends),
-                })?;
+                    attempts_made: 0,
+                };
+                self.state.runs.submit(job, input).await?;
                 ctx.run_id = Some(run_id.clone());
                 if let Some(pending) = pending_key {
                     pending.keep(FirstAnswer {
@@ -391,6 +404,33 @@ fn request_id(session: &Session) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
         });
     offered.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
+}
+
+/// The headers a journaled run keeps to run again after a restart: all but the caller's
+/// credentials, which no run step may read.
+fn journaled_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| !pipeline::HIDDEN_HEADERS.contains(&name.as_str()))
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_string(), value)
+        })
+        .collect()
+}
+
+/// The query a journaled run keeps: without the parameter that carries the API key.
+fn journaled_query(query: Option<&str>, workflow: &Workflow) -> Option<String> {
+    let query = query?;
+    let Some(credential) = workflow.key_policy.query_param() else {
+        return Some(query.to_string());
+    };
+    let kept: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(
+            form_urlencoded::parse(query.as_bytes()).filter(|(name, _)| name != credential),
+        )
+        .finish();
+    Some(kept)
 }
 
 /// Keeps an authenticated event as a sample of its workflow; false when it was not kept.

@@ -1,0 +1,149 @@
+//! The runs part of the admin API: listing and showing journaled runs (inputs redacted),
+//! replaying one run or a workflow's dead letters, and purging ended runs by age.
+
+use super::views::RunFilter;
+use crate::authoring::samples::redacted_query;
+use crate::error::GatewayError;
+use crate::http_reply::Reply;
+use crate::journal::RunInput;
+use crate::server::GatewayState;
+use serde_json::{json, Value};
+
+/// Most runs one listing returns.
+const MAX_LISTED_RUNS: usize = 1_000;
+
+fn journal_failed(error: String) -> GatewayError {
+    tracing::error!(journal.error = %error, "journal read failed");
+    GatewayError::JournalUnavailable
+}
+
+pub fn list(state: &GatewayState, query: Option<&str>) -> Result<Reply, GatewayError> {
+    let filter = RunFilter::parse(query, MAX_LISTED_RUNS)?;
+    let runs = state
+        .shared
+        .journal()
+        .list(filter.workflow.as_deref(), filter.state, filter.limit)
+        .map_err(journal_failed)?;
+    Ok(Reply::json(
+        200,
+        &json!({ "count": runs.len(), "runs": runs }),
+    ))
+}
+
+/// One run with its attempts and the input it was accepted with, credentials redacted.
+pub fn show(state: &GatewayState, run_id: &str) -> Result<Reply, GatewayError> {
+    let journal = state.shared.journal();
+    let record = journal
+        .get(run_id)
+        .map_err(journal_failed)?
+        .ok_or_else(|| GatewayError::UnknownRun(run_id.to_string()))?;
+    let mut body = json!(record);
+    if let Some(input) = journal.input(run_id).map_err(journal_failed)? {
+        body["input"] = redacted_input(&input);
+    }
+    Ok(Reply::json(200, &body))
+}
+
+fn redacted_input(input: &RunInput) -> Value {
+    let headers: serde_json::Map<String, Value> = input
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            let shown = if crate::forward::looks_secret(name) {
+                crate::authoring::samples::REDACTED.to_string()
+            } else {
+                value.clone()
+            };
+            (name.clone(), Value::String(shown))
+        })
+        .collect();
+    let body = serde_json::from_slice::<Value>(&input.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&input.body).into_owned()));
+    json!({
+        "method": input.method,
+        "headers": headers,
+        "query": redacted_query(input.query.as_deref(), None),
+        "body": body,
+        "body_bytes": input.body.len(),
+        "config_version": input.config_version,
+        "request_id": input.request_id,
+    })
+}
+
+/// Puts one ended run back in the queue; its earlier attempts stay in its record.
+pub fn replay(state: &GatewayState, run_id: &str) -> Result<Reply, GatewayError> {
+    let journal = state.shared.journal();
+    let replayed = journal
+        .replay(&[run_id.to_string()])
+        .map_err(journal_failed)?;
+    if replayed.is_empty() {
+        return Err(match journal.get(run_id).map_err(journal_failed)? {
+            Some(_) => GatewayError::RunNotFinished(run_id.to_string()),
+            None => GatewayError::UnknownRun(run_id.to_string()),
+        });
+    }
+    resume(state, replayed);
+    Ok(Reply::json(
+        200,
+        &json!({ "run_id": run_id, "state": "accepted" }),
+    ))
+}
+
+/// Puts every dead-lettered run of a workflow back in the queue.
+pub fn replay_dead_letters(state: &GatewayState, workflow_id: &str) -> Result<Reply, GatewayError> {
+    if state.snapshot().config.workflow(workflow_id).is_none() {
+        return Err(GatewayError::UnknownWorkflow(workflow_id.to_string()));
+    }
+    let journal = state.shared.journal();
+    let dead = journal.dead_lettered(workflow_id).map_err(journal_failed)?;
+    let replayed = journal.replay(&dead).map_err(journal_failed)?;
+    let run_ids: Vec<&str> = replayed.iter().map(|input| input.run_id.as_str()).collect();
+    let body = json!({ "workflow_id": workflow_id, "replayed": run_ids.len(), "run_ids": run_ids });
+    resume(state, replayed);
+    Ok(Reply::json(200, &body))
+}
+
+fn resume(state: &GatewayState, inputs: Vec<RunInput>) {
+    let snapshot = state.snapshot();
+    let runs = inputs.into_iter().map(|input| (input, 0)).collect();
+    state
+        .runs
+        .resume(&snapshot.config, &snapshot.backends, runs);
+}
+
+/// `DELETE /api/v1/runs?older_than=<duration>[&workflow=<id>]`: deletes ended runs that
+/// finished longer ago than the duration (`90s`, `12h`, `7d`).
+pub fn purge(state: &GatewayState, query: Option<&str>) -> Result<Reply, GatewayError> {
+    let mut older_than = None;
+    let mut workflow = None;
+    for (name, value) in crate::pipeline::parse_query(query) {
+        match name.as_str() {
+            "older_than" => {
+                let age = humantime::parse_duration(&value).map_err(|_| {
+                    GatewayError::InvalidParameter {
+                        name: name.clone(),
+                        reason: "must be a duration such as 90s, 12h or 7d".into(),
+                    }
+                })?;
+                older_than = Some(age);
+            }
+            "workflow" => workflow = Some(value),
+            _ => {
+                return Err(GatewayError::InvalidParameter {
+                    name,
+                    reason: "is not known; use older_than or workflow".into(),
+                })
+            }
+        }
+    }
+    let older_than = older_than.ok_or_else(|| GatewayError::InvalidParameter {
+        name: "older_than".into(),
+        reason: "is required, such as 7d".into(),
+    })?;
+    let purged = state
+        .shared
+        .journal()
+        .purge_older_than(older_than, workflow.as_deref())
+        .map_err(journal_failed)?;
+    Ok(Reply::json(200, &json!({ "purged": purged })))
+}

@@ -1,0 +1,842 @@
+//! The run journal: every accepted (202) run, written to SQLite before the caller hears 202,
+//! with each attempt and the outcome.
+//!
+//! One writer thread owns the write connection. Callers hand it changes over a bounded
+//! channel; it takes everything waiting, writes it in one transaction and commits once, then
+//! tells every caller. Concurrent requests therefore share one fsync (group commit), and a
+//! caller told "written" knows its run survives a crash: the database is in WAL mode with
+//! `synchronous = FULL`. Reads (the admin API, recovery at start) use their own connection,
+//! which WAL lets run beside the writer.
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+/// Most changes one transaction takes; more wait for the next one.
+const MOST_PER_COMMIT: usize = 1024;
+
+/// How a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Written, waiting for a worker.
+    Accepted,
+    Running,
+    /// Between two attempts.
+    Retrying,
+    Succeeded,
+    /// The script ended the run with `reject()`.
+    Rejected,
+    /// Ended by an error that a retry would not change.
+    Failed,
+    /// Every attempt failed; kept until replayed or purged.
+    DeadLettered,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 7] = [
+        RunState::Accepted,
+        RunState::Running,
+        RunState::Retrying,
+        RunState::Succeeded,
+        RunState::Rejected,
+        RunState::Failed,
+        RunState::DeadLettered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Accepted => "accepted",
+            RunState::Running => "running",
+            RunState::Retrying => "retrying",
+            RunState::Succeeded => "succeeded",
+            RunState::Rejected => "rejected",
+            RunState::Failed => "failed",
+            RunState::DeadLettered => "dead_lettered",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == text)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Rejected | RunState::Failed | RunState::DeadLettered
+        )
+    }
+}
+
+/// What a run needs to be executed again after a restart: the request as the workflow saw it.
+#[derive(Debug, Clone)]
+pub struct RunInput {
+    pub run_id: String,
+    pub workflow_id: String,
+    pub config_version: u64,
+    pub request_id: String,
+    pub method: String,
+    /// Without credentials (API keys, authorization, cookies).
+    pub headers: Vec<(String, String)>,
+    /// Without the parameter that carries the API key.
+    pub query: Option<String>,
+    /// The body as decoded from its content coding.
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunError {
+    pub code: String,
+    pub message: String,
+    /// The status a synchronous caller would have received.
+    pub status: u16,
+}
+
+/// One try at a run: its script and, for forwarding workflows, its delivery.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    /// The backend's status, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the admin API shows of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub workflow_id: String,
+    pub state: RunState,
+    pub accepted_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+    /// Times the run was replayed by an operator.
+    pub replays: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub state: RunState,
+    pub result: Option<Value>,
+    pub error: Option<RunError>,
+}
+
+/// A change to the journal.
+enum Change {
+    Append(Box<RunInput>),
+    Started {
+        run_id: String,
+        number: u32,
+    },
+    AttemptEnded {
+        run_id: String,
+        number: u32,
+        duration_ms: f64,
+        status: Option<u16>,
+        error: Option<String>,
+        retrying: bool,
+    },
+    Finished {
+        run_id: String,
+        outcome: Box<Outcome>,
+    },
+}
+
+struct Command {
+    change: Change,
+    written: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Why a change could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("the journal has more waiting than it takes")]
+    Saturated,
+    #[error("the journal could not be written: {0}")]
+    Failed(String),
+}
+
+/// The journal: a writer thread behind a bounded channel, and a read connection.
+pub struct Journal {
+    path: PathBuf,
+    changes: SyncSender<Command>,
+    reader: Mutex<Connection>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+fn rfc3339(ms: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    workflow_id TEXT NOT NULL,
+    config_version INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    method TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    query TEXT,
+    body BLOB NOT NULL,
+    state TEXT NOT NULL,
+    accepted_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    result TEXT,
+    error TEXT,
+    replays INTEGER NOT NULL DEFAULT 0,
+    attempt_base INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs(state);
+CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs(workflow_id, run_id);
+CREATE INDEX IF NOT EXISTS runs_by_finish ON runs(finished_at);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    number INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    duration_ms REAL,
+    status INTEGER,
+    error TEXT,
+    PRIMARY KEY (run_id, number)
+);
+";
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(Duration::from_secs(5))?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(connection)
+}
+
+/// The journal as the rest of the gateway uses it; [`Journal`] is the embedded SQLite one.
+#[async_trait]
+pub trait RunJournal: Send + Sync {
+    /// Writes an accepted run; returns once it is durable.
+    async fn append(&self, input: RunInput) -> Result<(), JournalError>;
+
+    /// Records that attempt `number` starts; returns once that is durable, so a run is never
+    /// executed without a trace of it, even if the process dies during the attempt.
+    async fn attempt_started(&self, run_id: &str, number: u32) -> Result<(), JournalError>;
+
+    /// Records how an attempt went. Not waited for: losing it in a crash only means the
+    /// attempt shows as interrupted.
+    fn attempt_ended(&self, run_id: &str, attempt: &Attempt, retrying: bool);
+
+    /// Records a run's end, and waits until it is durable.
+    async fn finish(&self, run_id: &str, outcome: Outcome) -> Result<(), JournalError>;
+
+    fn get(&self, run_id: &str) -> Result<Option<RunRecord>, String>;
+
+    /// The input a run was accepted with.
+    fn input(&self, run_id: &str) -> Result<Option<RunInput>, String>;
+
+    /// Runs matching the filters, newest first, without their attempts.
+    fn list(
+        &self,
+        workflow_id: Option<&str>,
+        state: Option<RunState>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, String>;
+
+    /// Runs that have not ended, oldest first, with the attempts they already made.
+    fn unfinished(&self) -> Result<Vec<(RunInput, u32)>, String>;
+
+    /// How many runs have not ended.
+    fn unfinished_count(&self) -> Result<usize, String>;
+
+    /// The number of the attempt a run makes next, counting from its last replay.
+    fn attempts_made(&self, run_id: &str) -> Result<u32, String>;
+
+    /// Marks attempts that started and never ended (the process stopped during them).
+    fn close_interrupted_attempts(&self) -> Result<usize, String>;
+
+    /// Puts finished runs back in the queue as accepted, their earlier attempts kept; returns
+    /// the runs that were put back.
+    fn replay(&self, run_ids: &[String]) -> Result<Vec<RunInput>, String>;
+
+    /// Ids of a workflow's dead-lettered runs, oldest first.
+    fn dead_lettered(&self, workflow_id: &str) -> Result<Vec<String>, String>;
+
+    /// Deletes ended runs that finished more than `age` ago (of one workflow, or all);
+    /// returns how many went. Runs that have not ended are never deleted.
+    fn purge_older_than(&self, age: Duration, workflow_id: Option<&str>) -> Result<usize, String>;
+
+    /// Keeps at most `keep` ended runs, deleting the oldest; returns how many went.
+    fn trim_to(&self, keep: u64) -> Result<usize, String>;
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path`; `capacity` bounds the changes waiting for
+    /// the writer.
+    pub fn open(path: &Path, capacity: usize) -> Result<Self, String> {
+        let describe = |error: rusqlite::Error| format!("{}: {error}", path.display());
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|error| format!("{}: {error}", parent.display()))?;
+        }
+        let writer = open_connection(path).map_err(describe)?;
+        writer.execute_batch(SCHEMA).map_err(describe)?;
+        let reader = open_connection(path).map_err(describe)?;
+
+        let (changes, receiver) = mpsc::sync_channel(capacity);
+        std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || write_loop(writer, receiver))
+            .map_err(|error| format!("cannot start the journal writer: {error}"))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            changes,
+            reader: Mutex::new(reader),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn send(
+        &self,
+        change: Change,
+        written: Option<oneshot::Sender<Result<(), String>>>,
+    ) -> Result<(), JournalError> {
+        self.changes
+            .try_send(Command { change, written })
+            .map_err(|error| match error {
+                TrySendError::Full(_) => JournalError::Saturated,
+                TrySendError::Disconnected(_) => {
+                    JournalError::Failed("the journal writer has stopped".into())
+                }
+            })
+    }
+
+    /// Writes a change and waits until it is committed.
+    async fn write(&self, change: Change) -> Result<(), JournalError> {
+        let (written, committed) = oneshot::channel();
+        self.send(change, Some(written))?;
+        committed
+            .await
+            .map_err(|_| JournalError::Failed("the journal writer has stopped".into()))?
+            .map_err(JournalError::Failed)
+    }
+
+    /// A change that must not be dropped when the channel is momentarily full.
+    fn write_blocking(&self, change: Change) {
+        let command = Command {
+            change,
+            written: None,
+        };
+        if self.changes.send(command).is_err() {
+            tracing::error!("the journal writer has stopped; a change was not recorded");
+        }
+    }
+
+    fn read<T>(&self, query: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, String> {
+        let connection = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        query(&connection).map_err(|error| error.to_string())
+    }
+}
+
+#[async_trait]
+impl RunJournal for Journal {
+    async fn append(&self, input: RunInput) -> Result<(), JournalError> {
+        self.write(Change::Append(Box::new(input))).await
+    }
+
+    async fn attempt_started(&self, run_id: &str, number: u32) -> Result<(), JournalError> {
+        self.write(Change::Started {
+            run_id: run_id.to_string(),
+            number,
+        })
+        .await
+    }
+
+    fn attempt_ended(&self, run_id: &str, attempt: &Attempt, retrying: bool) {
+        let change = Change::AttemptEnded {
+            run_id: run_id.to_string(),
+            number: attempt.number,
+            duration_ms: attempt.duration_ms.unwrap_or_default(),
+            status: attempt.status,
+            error: attempt.error.clone(),
+            retrying,
+        };
+        self.write_blocking(change);
+    }
+
+    async fn finish(&self, run_id: &str, outcome: Outcome) -> Result<(), JournalError> {
+        self.write(Change::Finished {
+            run_id: run_id.to_string(),
+            outcome: Box::new(outcome),
+        })
+        .await
+    }
+
+    fn get(&self, run_id: &str) -> Result<Option<RunRecord>, String> {
+        self.read(|db| {
+            let record = db
+                .query_row(
+                    &format!("SELECT {RECORD_COLUMNS} FROM runs WHERE run_id = ?1"),
+                    [run_id],
+                    record_from_row,
+                )
+                .optional()?;
+            let Some(mut record) = record else {
+                return Ok(None);
+            };
+            record.attempts = attempts_of(db, run_id)?;
+            Ok(Some(record))
+        })
+    }
+
+    fn input(&self, run_id: &str) -> Result<Option<RunInput>, String> {
+        self.read(|db| {
+            db.query_row(
+                &format!("SELECT {INPUT_COLUMNS} FROM runs WHERE run_id = ?1"),
+                [run_id],
+                input_from_row,
+            )
+            .optional()
+        })
+    }
+
+    fn list(
+        &self,
+        workflow_id: Option<&str>,
+        state: Option<RunState>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, String> {
+        self.read(|db| {
+            let mut statement = db.prepare(&format!(
+                "SELECT {RECORD_COLUMNS} FROM runs
+                 WHERE (?1 IS NULL OR workflow_id = ?1) AND (?2 IS NULL OR state = ?2)
+                 ORDER BY run_id DESC LIMIT ?3"
+            ))?;
+            let rows = statement.query_map(
+                params![workflow_id, state.map(RunState::as_str), limit as i64],
+                record_from_row,
+            )?;
+            rows.collect()
+        })
+    }
+
+    fn unfinished(&self) -> Result<Vec<(RunInput, u32)>, String> {
+        self.read(|db| {
+            let mut statement = db.prepare(&format!(
+                "SELECT {INPUT_COLUMNS}, attempt_base,
+                        (SELECT COUNT(*) FROM attempts a WHERE a.run_id = runs.run_id)
+                 FROM runs WHERE state IN ('accepted', 'running', 'retrying')
+                 ORDER BY run_id"
+            ))?;
+            let rows = statement.query_map([], |row| {
+                let input = input_from_row(row)?;
+                let made: u32 = row.get(9)?;
+                let base: u32 = row.get(8)?;
+                Ok((input, made.saturating_sub(base)))
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn unfinished_count(&self) -> Result<usize, String> {
+        self.read(|db| {
+            db.query_row(
+                "SELECT COUNT(*) FROM runs WHERE state IN ('accepted', 'running', 'retrying')",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+        })
+        .map(|count| count as usize)
+    }
+
+    fn attempts_made(&self, run_id: &str) -> Result<u32, String> {
+        self.read(|db| {
+            db.query_row(
+                "SELECT (SELECT COUNT(*) FROM attempts WHERE run_id = ?1) - attempt_base
+                 FROM runs WHERE run_id = ?1",
+                [run_id],
+                |row| row.get::<_, i64>(0),
+            )
+        })
+        .map(|count| u32::try_from(count).unwrap_or(0))
+    }
+
+    fn close_interrupted_attempts(&self) -> Result<usize, String> {
+        self.read(|db| {
+            db.execute(
+                "UPDATE attempts SET error = 'interrupted: the gateway stopped during the attempt'
+                 WHERE duration_ms IS NULL AND error IS NULL AND status IS NULL",
+                [],
+            )
+        })
+    }
+
+    fn replay(&self, run_ids: &[String]) -> Result<Vec<RunInput>, String> {
+        self.read(|db| {
+            let transaction = db.unchecked_transaction()?;
+            let mut replayed = Vec::new();
+            for run_id in run_ids {
+                let changed = transaction.execute(
+                    "UPDATE runs SET state = 'accepted', finished_at = NULL, result = NULL,
+                        error = NULL, replays = replays + 1,
+                        attempt_base = (SELECT COUNT(*) FROM attempts WHERE run_id = ?1)
+                     WHERE run_id = ?1 AND state IN ('succeeded', 'rejected', 'failed', 'dead_lettered')",
+                    [run_id],
+                )?;
+                if changed == 1 {
+                    let input = transaction.query_row(
+                        &format!("SELECT {INPUT_COLUMNS} FROM runs WHERE run_id = ?1"),
+                        [run_id],
+                        input_from_row,
+                    )?;
+                    replayed.push(input);
+                }
+            }
+            transaction.commit()?;
+            Ok(replayed)
+        })
+    }
+
+    fn dead_lettered(&self, workflow_id: &str) -> Result<Vec<String>, String> {
+        self.read(|db| {
+            let mut statement = db.prepare(
+                "SELECT run_id FROM runs WHERE workflow_id = ?1 AND state = 'dead_lettered'
+                 ORDER BY run_id",
+            )?;
+            let rows = statement.query_map([workflow_id], |row| row.get(0))?;
+            rows.collect()
+        })
+    }
+
+    fn purge_older_than(&self, age: Duration, workflow_id: Option<&str>) -> Result<usize, String> {
+        let cutoff = now_ms() - age.as_millis() as i64;
+        self.read(|db| {
+            db.execute(
+                "DELETE FROM runs WHERE finished_at IS NOT NULL AND finished_at <= ?1
+                   AND state IN ('succeeded', 'rejected', 'failed', 'dead_lettered')
+                   AND (?2 IS NULL OR workflow_id = ?2)",
+                params![cutoff, workflow_id],
+            )
+        })
+    }
+
+    fn trim_to(&self, keep: u64) -> Result<usize, String> {
+        self.read(|db| {
+            db.execute(
+                "DELETE FROM runs WHERE run_id IN (
+                   SELECT run_id FROM runs
+                   WHERE state IN ('succeeded', 'rejected', 'failed', 'dead_lettered')
+                   ORDER BY run_id DESC LIMIT -1 OFFSET ?1)",
+                [keep as i64],
+            )
+        })
+    }
+}
+
+const RECORD_COLUMNS: &str =
+    "run_id, workflow_id, state, accepted_at, started_at, finished_at, result, error, replays";
+const INPUT_COLUMNS: &str =
+    "run_id, workflow_id, config_version, request_id, method, headers, query, body";
+
+fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    let state: String = row.get(2)?;
+    let result: Option<String> = row.get(6)?;
+    let error: Option<String> = row.get(7)?;
+    Ok(RunRecord {
+        run_id: row.get(0)?,
+        workflow_id: row.get(1)?,
+        state: RunState::parse(&state).unwrap_or(RunState::Failed),
+        accepted_at: rfc3339(row.get(3)?),
+        started_at: row.get::<_, Option<i64>>(4)?.map(rfc3339),
+        finished_at: row.get::<_, Option<i64>>(5)?.map(rfc3339),
+        result: result.and_then(|text| serde_json::from_str(&text).ok()),
+        error: error.and_then(|text| {
+            let value: Value = serde_json::from_str(&text).ok()?;
+            Some(RunError {
+                code: value["code"].as_str()?.to_string(),
+                message: value["message"].as_str()?.to_string(),
+                status: value["status"]
+                    .as_u64()
+                    .and_then(|s| u16::try_from(s).ok())?,
+            })
+        }),
+        replays: row.get(8)?,
+        attempts: Vec::new(),
+    })
+}
+
+fn input_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunInput> {
+    let headers: String = row.get(5)?;
+    Ok(RunInput {
+        run_id: row.get(0)?,
+        workflow_id: row.get(1)?,
+        config_version: row.get::<_, i64>(2)? as u64,
+        request_id: row.get(3)?,
+        method: row.get(4)?,
+        headers: serde_json::from_str(&headers).unwrap_or_default(),
+        query: row.get(6)?,
+        body: row.get(7)?,
+    })
+}
+
+fn attempts_of(db: &Connection, run_id: &str) -> rusqlite::Result<Vec<Attempt>> {
+    let mut statement = db.prepare(
+        "SELECT number, started_at, duration_ms, status, error FROM attempts
+         WHERE run_id = ?1 ORDER BY number",
+    )?;
+    let rows = statement.query_map([run_id], |row| {
+        Ok(Attempt {
+            number: row.get(0)?,
+            started_at: rfc3339(row.get(1)?),
+            duration_ms: row.get(2)?,
+            status: row.get(3)?,
+            error: row.get(4)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Takes every change waiting, writes them in one transaction, commits, then answers each.
+fn write_loop(mut db: Connection, changes: Receiver<Command>) {
+    while let Ok(first) = changes.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MOST_PER_COMMIT {
+            match changes.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+
+        let outcome = write_batch(&mut db, &batch).map_err(|error| error.to_string());
+        if let Err(error) = &outcome {
+            tracing::error!(journal.error = %error, journal.batch = batch.len(), "journal write failed");
+        }
+        for command in batch {
+            if let Some(written) = command.written {
+                let _ = written.send(outcome.clone());
+            }
+        }
+    }
+}
+
+fn write_batch(db: &mut Connection, batch: &[Command]) -> rusqlite::Result<()> {
+    let transaction = db.transaction()?;
+    for command in batch {
+        apply(&transaction, &command.change)?;
+    }
+    transaction.commit()
+}
+
+fn apply(db: &Connection, change: &Change) -> rusqlite::Result<()> {
+    let now = now_ms();
+    match change {
+        Change::Append(input) => {
+            let headers = serde_json::to_string(&input.headers).unwrap_or_else(|_| "[]".into());
+            db.execute(
+                "INSERT INTO runs (run_id, workflow_id, config_version, request_id, method,
+                    headers, query, body, state, accepted_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'accepted', ?9)",
+                params![
+                    input.run_id,
+                    input.workflow_id,
+                    input.config_version as i64,
+                    input.request_id,
+                    input.method,
+                    headers,
+                    input.query,
+                    input.body,
+                    now
+                ],
+            )?;
+        }
+        Change::Started { run_id, number } => {
+            db.execute(
+                "INSERT OR REPLACE INTO attempts (run_id, number, started_at) VALUES (?1, ?2, ?3)",
+                params![run_id, number, now],
+            )?;
+            db.execute(
+                "UPDATE runs SET state = 'running', started_at = COALESCE(started_at, ?2)
+                 WHERE run_id = ?1",
+                params![run_id, now],
+            )?;
+        }
+        Change::AttemptEnded {
+            run_id,
+            number,
+            duration_ms,
+            status,
+            error,
+            retrying,
+        } => {
+            db.execute(
+                "UPDATE attempts SET duration_ms = ?3, status = ?4, error = ?5
+                 WHERE run_id = ?1 AND number = ?2",
+                params![run_id, number, duration_ms, status, error],
+            )?;
+            if *retrying {
+                db.execute(
+                    "UPDATE runs SET state = 'retrying' WHERE run_id = ?1",
+                    [run_id],
+                )?;
+            }
+        }
+        Change::Finished { run_id, outcome } => {
+            let result = outcome.result.as_ref().map(Value::to_string);
+            let error = outcome.error.as_ref().map(|error| {
+                serde_json::json!({
+                    "code": error.code, "message": error.message, "status": error.status
+                })
+                .to_string()
+            });
+            db.execute(
+                "UPDATE runs SET state = ?2, finished_at = ?3, result = ?4, error = ?5
+                 WHERE run_id = ?1",
+                params![run_id, outcome.state.as_str(), now, result, error],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(run_id: &str) -> RunInput {
+        RunInput {
+            run_id: run_id.into(),
+            workflow_id: "w".into(),
+            config_version: 1,
+            request_id: "r".into(),
+            method: "POST".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            query: Some("a=1".into()),
+            body: br#"{"n":1}"#.to_vec(),
+        }
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    #[test]
+    fn a_run_survives_reopening_and_its_attempts_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db");
+        {
+            let journal = Journal::open(&path, 16).unwrap();
+            block_on(journal.append(input("r1"))).unwrap();
+            block_on(journal.append(input("r2"))).unwrap();
+            block_on(journal.attempt_started("r1", 1)).unwrap();
+            block_on(journal.finish(
+                "r2",
+                Outcome {
+                    state: RunState::Succeeded,
+                    result: Some(serde_json::json!({"ok": true})),
+                    error: None,
+                },
+            ))
+            .unwrap();
+        }
+
+        let journal = Journal::open(&path, 16).unwrap();
+        assert_eq!(journal.close_interrupted_attempts().unwrap(), 1);
+        let unfinished = journal.unfinished().unwrap();
+        assert_eq!(unfinished.len(), 1);
+        assert_eq!(unfinished[0].0.run_id, "r1");
+        assert_eq!(unfinished[0].0.body, br#"{"n":1}"#);
+        assert_eq!(unfinished[0].1, 1, "one attempt already made");
+        let done = journal.get("r2").unwrap().unwrap();
+        assert_eq!(done.state, RunState::Succeeded);
+        assert_eq!(done.result, Some(serde_json::json!({"ok": true})));
+        let interrupted = journal.get("r1").unwrap().unwrap();
+        assert!(interrupted.attempts[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("interrupted"));
+    }
+
+    #[test]
+    fn replay_reopens_finished_runs_only_and_counts_attempts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("runs.db"), 16).unwrap();
+        block_on(journal.append(input("dead"))).unwrap();
+        block_on(journal.append(input("open"))).unwrap();
+        block_on(journal.attempt_started("dead", 1)).unwrap();
+        let outcome = Outcome {
+            state: RunState::DeadLettered,
+            result: None,
+            error: None,
+        };
+        block_on(journal.finish("dead", outcome)).unwrap();
+        assert_eq!(
+            journal.dead_lettered("w").unwrap(),
+            vec!["dead".to_string()]
+        );
+
+        let replayed = journal
+            .replay(&["dead".to_string(), "open".to_string()])
+            .unwrap();
+        assert_eq!(replayed.len(), 1, "a run still open is not replayed");
+        assert_eq!(journal.attempts_made("dead").unwrap(), 0);
+        let record = journal.get("dead").unwrap().unwrap();
+        assert_eq!((record.state, record.replays), (RunState::Accepted, 1));
+        assert_eq!(record.attempts.len(), 1, "earlier attempts are kept");
+    }
+
+    #[test]
+    fn retention_deletes_only_ended_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("runs.db"), 16).unwrap();
+        for id in ["a", "b", "c", "d"] {
+            block_on(journal.append(input(id))).unwrap();
+        }
+        for id in ["a", "b", "c"] {
+            let outcome = Outcome {
+                state: RunState::Failed,
+                result: None,
+                error: None,
+            };
+            block_on(journal.finish(id, outcome)).unwrap();
+        }
+        assert_eq!(journal.trim_to(1).unwrap(), 2);
+        assert_eq!(journal.purge_older_than(Duration::ZERO, None).unwrap(), 1);
+        let left: Vec<String> = journal
+            .list(None, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|record| record.run_id)
+            .collect();
+        assert_eq!(left, vec!["d".to_string()]);
+    }
+}
