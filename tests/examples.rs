@@ -1,6 +1,7 @@
 //! The shipped `gateway.yaml` and example workflows answer as the README documents.
 
 use crate::support::*;
+use hmac::{Hmac, Mac};
 use serde_json::json;
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -305,5 +306,26 @@ fn slack_commands_answers_commands_and_the_url_verification() {
     assert_eq!(
         handshake.json(),
         json!({"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"})
+    );
+
+    // An Events API callback on the same URL is acknowledged, not refused for lack of a command.
+    let event = br#"{"type":"event_callback","event":{"type":"app_mention","text":"hi"}}"#;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"slack_test_secret").unwrap();
+    mac.update(b"v0:1700000000:");
+    mac.update(event);
+    let signature = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
+    let acknowledged = signed(
+        &gateway,
+        "slack-commands",
+        event,
+        &[
+            ("x-slack-request-timestamp", "1700000000"),
+            ("x-slack-signature", &signature),
+        ],
+    );
+    assert_eq!(acknowledged.status, 200, "{}", acknowledged.text());
+    assert_eq!(
+        acknowledged.json(),
+        json!({"ok": true, "kind": "event_callback", "event_type": "app_mention"})
     );
 }

@@ -116,6 +116,8 @@ fn allowlists_see_the_caller_behind_a_trusted_proxy_only() {
                 .header("x-forwarded-for", chain),
         )
     };
+    let probe = direct.send(&Request::new("HEAD", &direct.path("office")));
+    assert_eq!(probe.status, 403, "not even a probe learns the url is live");
     let refused = forwarded_for(&direct, "10.1.2.3");
     assert_eq!(
         (refused.status, refused.error_code()),
@@ -192,7 +194,14 @@ fn a_repeated_event_is_answered_once_and_a_failed_one_can_be_retried() {
     // The backend first holds its answer past the gateway's read timeout, then answers.
     let backend = Backend::start(|_, index| match index {
         0 => Reply::Hang,
-        _ => Reply::json(201, r#"{"ticket":"T-1"}"#),
+        _ => Reply::Respond(
+            201,
+            vec![
+                ("content-type".into(), "application/json".into()),
+                ("content-encoding".into(), "identity".into()),
+            ],
+            br#"{"ticket":"T-1"}"#.to_vec(),
+        ),
     });
     let config = format!(
         "{BASE_CONFIG}backends:\n  svc:\n    addresses: [\"{}\"]\n    read_timeout_ms: 3000\n    total_timeout_ms: 5000\n",
@@ -230,11 +239,44 @@ fn a_repeated_event_is_answered_once_and_a_failed_one_can_be_retried() {
     assert_eq!(repeat.text(), retried.text());
     assert_eq!(repeat.header("idempotent-replayed"), Some("true"));
     assert_eq!(repeat.header("x-run-id"), Some(run_id.as_str()));
+    assert_eq!(repeat.header("content-encoding"), Some("identity"));
     assert_eq!(backend.requests().len(), 2, "the repeat reached no backend");
 
     let other = gateway.post_json(&path, r#"{"event":{"id":"evt_43"}}"#);
     assert_eq!(other.header("idempotent-replayed"), None);
     assert_eq!(backend.requests().len(), 3);
+}
+
+#[test]
+fn an_accepted_run_that_fails_frees_its_key_for_a_resend() {
+    let workflow = "id: later\nresponse: accept\nidempotency:\n  pointer: /id\nmapping:\n  fail: { pointer: /fail, default: false }\nscript: maybe.rhai\n";
+    let script = "if fail { reject(422, \"told to fail\") } #{ ok: true }";
+    let gateway = Gateway::custom(&[
+        ("workflows/later.yaml", workflow),
+        ("scripts/maybe.rhai", script),
+    ]);
+    let path = gateway.path("later");
+
+    let failing = gateway.post_json(&path, r#"{"id":"e-1","fail":true}"#);
+    assert_eq!(failing.status, 202);
+    let first = failing.json()["run_id"].as_str().unwrap().to_string();
+    assert_eq!(gateway.wait_for_run(&first)["state"], "rejected");
+    let resent = gateway.post_json(&path, r#"{"id":"e-1","fail":true}"#);
+    assert_eq!(resent.status, 202, "{}", resent.text());
+    assert_ne!(
+        resent.json()["run_id"],
+        first.as_str(),
+        "the resend runs anew"
+    );
+
+    let good = gateway.post_json(&path, r#"{"id":"e-2"}"#);
+    let good_run = good.json()["run_id"].as_str().unwrap().to_string();
+    assert_eq!(gateway.wait_for_run(&good_run)["state"], "succeeded");
+    let repeat = gateway.post_json(&path, r#"{"id":"e-2"}"#);
+    assert_eq!(
+        (repeat.status, repeat.json()),
+        (200, json!({"run_id": good_run, "status": "duplicate"}))
+    );
 }
 
 #[test]

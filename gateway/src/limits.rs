@@ -55,6 +55,13 @@ impl Bucket {
     }
 }
 
+impl Bucket {
+    /// Puts back a token taken for a request that another limit then refused.
+    pub fn give_back(&mut self, rate: RateLimit) {
+        self.tokens = (self.tokens + 1.0).min(f64::from(rate.burst));
+    }
+}
+
 /// The 429 for a request over a limit; Retry-After is whole seconds, at least one.
 pub fn rate_limited(scope: &'static str, wait: Duration) -> GatewayError {
     GatewayError::RateLimited {

@@ -26,12 +26,10 @@ impl FromStr for Cidr {
             Some((address, prefix)) => (address, Some(prefix)),
             None => (text, None),
         };
-        let network = canonical(
-            address
-                .parse::<IpAddr>()
-                .map_err(|_| format!("{text:?} is not an address or address/prefix"))?,
-        );
-        let width = if network.is_ipv4() { 32 } else { 128 };
+        let written = address
+            .parse::<IpAddr>()
+            .map_err(|_| format!("{text:?} is not an address or address/prefix"))?;
+        let width = if written.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => width,
             Some(prefix) => prefix
@@ -39,6 +37,17 @@ impl FromStr for Cidr {
                 .ok()
                 .filter(|prefix| *prefix <= width)
                 .ok_or_else(|| format!("{text:?}: the prefix must be 0 to {width}"))?,
+        };
+        // `::ffff:10.0.0.0/104` is the IPv4 block 10.0.0.0/8 written in IPv6.
+        let network = canonical(written);
+        let prefix = match (written, network) {
+            (IpAddr::V6(_), IpAddr::V4(_)) if prefix >= 96 => prefix - 96,
+            (IpAddr::V6(_), IpAddr::V4(_)) => {
+                return Err(format!(
+                    "{text:?}: an IPv4-mapped block needs a prefix of 96 or more"
+                ))
+            }
+            _ => prefix,
         };
         Ok(Self { network, prefix })
     }
@@ -108,9 +117,10 @@ pub fn caller(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[Cidr]) -> Ca
     }
     Caller {
         address: Some(forwarded_for(peer, headers, trusted)),
-        forwarded_proto: first_value(headers, "x-forwarded-proto")
+        forwarded_proto: last_value(headers, "x-forwarded-proto")
+            .map(|proto| proto.to_ascii_lowercase())
             .filter(|proto| matches!(proto.as_str(), "http" | "https")),
-        forwarded_host: first_value(headers, "x-forwarded-host").filter(|host| plain_host(host)),
+        forwarded_host: last_value(headers, "x-forwarded-host").filter(|host| plain_host(host)),
     }
 }
 
@@ -151,10 +161,12 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
         .map(|socket| canonical(socket.ip()))
 }
 
-fn first_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    let value = headers.get(name)?.to_str().ok()?;
-    let first = value.split(',').next()?.trim();
-    (!first.is_empty()).then(|| first.to_ascii_lowercase())
+/// The last value of a header that proxies may append to: the one the nearest (trusted)
+/// proxy wrote, where earlier ones may come from the caller.
+fn last_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    let value = headers.get_all(name).iter().next_back()?.to_str().ok()?;
+    let last = value.rsplit(',').next()?.trim();
+    (!last.is_empty()).then(|| last.to_string())
 }
 
 /// A host, with an optional port, and nothing that could change what a URL means.
@@ -225,7 +237,7 @@ mod tests {
         headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         headers.insert(
             "x-forwarded-host",
-            HeaderValue::from_static("hooks.example.com"),
+            HeaderValue::from_static("written.by.caller, Hooks.Example.com"),
         );
         let trusted = blocks(&["10.0.0.0/8"]);
 
@@ -237,7 +249,11 @@ mod tests {
         let proxied = caller(Some(ip("10.0.0.1")), &headers, &trusted);
         assert_eq!(proxied.address, Some(ip("203.0.113.5")));
         assert_eq!(proxied.forwarded_proto.as_deref(), Some("https"));
-        assert_eq!(proxied.forwarded_host.as_deref(), Some("hooks.example.com"));
+        assert_eq!(
+            proxied.forwarded_host.as_deref(),
+            Some("Hooks.Example.com"),
+            "the value the proxy appended, as written"
+        );
     }
 
     #[test]

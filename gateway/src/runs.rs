@@ -54,6 +54,9 @@ pub struct Job {
     pub backends: Arc<Backends>,
     /// Attempts already made (since the last replay), from the journal.
     pub attempts_made: u32,
+    /// The stored idempotency key the run answered, forgotten if the run fails so that a
+    /// repeat of the event runs again.
+    pub idempotency_key: Option<String>,
 }
 
 /// What every run task shares.
@@ -137,7 +140,7 @@ impl RunPool {
                     let context = Arc::clone(&self.context);
                     let run_id = input.run_id.clone();
                     self._runtime.spawn(async move {
-                        end(&context, &run_id, Err(RunFailure::Final(error))).await;
+                        end(&context, &run_id, None, Err(RunFailure::Final(error))).await;
                     });
                 }
             }
@@ -192,6 +195,7 @@ fn rebuild(
         engine: Arc::clone(&config.engine),
         backends: Arc::clone(backends),
         attempts_made,
+        idempotency_key: None,
     })
 }
 
@@ -296,7 +300,13 @@ async fn execute(context: &Arc<RunContext>, job: Job) {
         tokio::time::sleep(wait).await;
     };
 
-    end(context, &job.run_id, outcome).await;
+    end(
+        context,
+        &job.run_id,
+        job.idempotency_key.as_deref(),
+        outcome,
+    )
+    .await;
     tracing::info!(
         workflow.id = %job.workflow.id,
         run.id = %job.run_id,
@@ -306,7 +316,15 @@ async fn execute(context: &Arc<RunContext>, job: Job) {
 }
 
 /// Records how the run ended and gives its place back.
-async fn end(context: &Arc<RunContext>, run_id: &str, outcome: Result<Value, RunFailure>) {
+async fn end(
+    context: &Arc<RunContext>,
+    run_id: &str,
+    idempotency_key: Option<&str>,
+    outcome: Result<Value, RunFailure>,
+) {
+    if let (Some(key), Err(_)) = (idempotency_key, &outcome) {
+        context.shared.forget_run(key, run_id);
+    }
     let outcome = match outcome {
         Ok(result) => Outcome {
             state: RunState::Succeeded,

@@ -26,6 +26,13 @@ pub trait SharedState: Send + Sync {
     /// Takes a token from the bucket named `bucket`, or says how long until there is one.
     fn take_token(&self, bucket: &str, rate: RateLimit) -> Result<(), Duration>;
 
+    /// Puts back a token taken from `bucket` for a request that was refused after all.
+    fn give_back_token(&self, bucket: &str, rate: RateLimit);
+
+    /// Forgets `key` if it holds the answer of `run_id`: that run failed after the answer
+    /// was given (an accepted run), so a repeat of the event should run it again.
+    fn forget_run(&self, key: &str, run_id: &str);
+
     /// Where accepted runs are written before they are acknowledged.
     fn journal(&self) -> &dyn RunJournal;
 }
@@ -47,6 +54,8 @@ pub struct FirstAnswer {
     pub run_id: Option<String>,
     pub status: u16,
     pub content_type: Option<String>,
+    /// How the kept body is encoded (`gzip`, ...), as the first answer said.
+    pub content_encoding: Option<String>,
     /// `None` when the answer was too large to keep: repeats get a plain duplicate notice.
     pub body: Option<Bytes>,
 }
@@ -93,7 +102,10 @@ const MAX_BUCKETS: u64 = 1_000_000;
 
 impl Embedded {
     pub fn new(journal: Journal, max_key_bytes: usize) -> Self {
+        // Least recently used first: the default policy would refuse new keys once full,
+        // which is the one thing an idempotency store must not do.
         let keys = Cache::builder()
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .max_capacity(max_key_bytes as u64)
             .weigher(|key: &String, value: &Remembered| {
                 let answer = match &value.record {
@@ -163,6 +175,27 @@ impl SharedState for Embedded {
         bucket.take(rate, now)
     }
 
+    fn give_back_token(&self, bucket: &str, rate: RateLimit) {
+        if let Some(bucket) = self.buckets.get(bucket) {
+            bucket
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .give_back(rate);
+        }
+    }
+
+    fn forget_run(&self, key: &str, run_id: &str) {
+        self.keys
+            .entry(key.to_string())
+            .and_compute_with(|current| match current.map(|entry| entry.into_value()) {
+                Some(Remembered {
+                    record: Record::Done(answer),
+                    ..
+                }) if answer.run_id.as_deref() == Some(run_id) => Op::Remove,
+                _ => Op::Nop,
+            });
+    }
+
     fn journal(&self) -> &dyn RunJournal {
         &self.journal
     }
@@ -185,6 +218,11 @@ impl PendingKey {
             claim,
             settled: false,
         }
+    }
+
+    /// The key as stored.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// Keeps the key, with the first answer given to repeats.
@@ -220,6 +258,7 @@ mod tests {
             run_id: Some(run_id.into()),
             status: 200,
             content_type: Some("application/json".into()),
+            content_encoding: None,
             body: Some(Bytes::from_static(b"{}")),
         }
     }

@@ -222,11 +222,12 @@ fn refused(reason: &'static str) -> GatewayError {
 }
 
 impl SignatureCheck {
-    /// Empty secrets are dropped; with none left, every request is refused.
+    /// Blank secrets (empty, or only spaces: an unset variable in the file) are dropped; with
+    /// none left, every request is refused.
     pub fn new(scheme: Scheme, tolerance: Duration, secrets: Vec<String>) -> Self {
         let secrets = secrets
             .into_iter()
-            .filter(|secret| !secret.is_empty())
+            .filter(|secret| !secret.trim().is_empty())
             .map(String::into_bytes)
             .collect();
         Self {
@@ -257,10 +258,12 @@ impl SignatureCheck {
     ) -> Result<Self, (usize, String)> {
         let mut check = Self::new(Scheme::standard_webhooks(), tolerance, Vec::new());
         for (position, secret) in secrets.iter().enumerate() {
-            if secret.is_empty() {
+            let encoded = secret.trim();
+            let encoded = encoded.strip_prefix("whsec_").unwrap_or(encoded);
+            // `whsec_` alone is what `whsec_${UNSET}` leaves: no key, so it keys nothing.
+            if encoded.is_empty() {
                 continue;
             }
-            let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
             let key = base64::engine::general_purpose::STANDARD
                 .decode(encoded)
                 .map_err(|_| (position, "is not `whsec_` followed by base64".to_string()))?;
@@ -270,6 +273,11 @@ impl SignatureCheck {
     }
 
     /// Checks the request's signature at time `now`.
+    /// Whether a secret is configured at all; without one every request is refused.
+    pub fn has_secret(&self) -> bool {
+        !self.secrets.is_empty()
+    }
+
     pub fn verify(&self, request: &SignedRequest<'_>, now: SystemTime) -> Result<(), GatewayError> {
         if self.secrets.is_empty() {
             return Err(refused("no signing secret is configured for this workflow"));
@@ -770,5 +778,15 @@ mod tests {
             check.verify(&tampered, now()).is_err(),
             "the body must match its digest"
         );
+    }
+
+    #[test]
+    fn blank_secrets_key_nothing_so_everything_is_refused() {
+        let blank = SignatureCheck::new(Scheme::github(), DEFAULT_TOLERANCE, vec!["  ".into()]);
+        assert!(!blank.has_secret());
+        let prefix_only =
+            SignatureCheck::standard_webhooks(vec!["whsec_".into(), " ".into()], DEFAULT_TOLERANCE)
+                .unwrap();
+        assert!(!prefix_only.has_secret());
     }
 }

@@ -129,6 +129,44 @@ pub enum Command {
     },
     /// Make the running gateway load its files again; prints what changed or what is wrong.
     Reload,
+    /// Inspect, replay and purge the running gateway's accepted runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        /// Only this workflow's runs.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only runs in this state: accepted, running, retrying, succeeded, rejected, failed,
+        /// dead_lettered.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the admin API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one run: its input (credentials redacted), attempts, result or error.
+    Show { run_id: String },
+    /// Run an ended run again; its earlier attempts stay in its record.
+    Replay { run_id: String },
+    /// Run every dead-lettered run of a workflow again.
+    ReplayDead { workflow_id: String },
+    /// Delete ended runs that finished longer ago than a duration (90s, 12h, 7d).
+    Purge {
+        #[arg(long)]
+        older_than: String,
+        /// Only this workflow's runs.
+        #[arg(long)]
+        workflow: Option<String>,
+    },
 }
 
 /// What `fields` prints.
@@ -322,9 +360,84 @@ fn ask_gateway(admin: &AdminEndpoint, command: Command) -> Result<(), String> {
             let answer = call(admin, "POST", "/api/v1/reload")?;
             emit!("{}", pretty(&answer));
         }
+        Command::Runs { command } => ask_about_runs(admin, command)?,
         _ => return Err("not a command for a running gateway".into()),
     }
     Ok(())
+}
+
+fn ask_about_runs(admin: &AdminEndpoint, command: RunsCommand) -> Result<(), String> {
+    match command {
+        RunsCommand::List {
+            workflow,
+            state,
+            limit,
+            json,
+        } => {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &limit.to_string());
+            workflow.map(|id| query.append_pair("workflow", &id));
+            state.map(|state| query.append_pair("state", &state));
+            let answer = call(admin, "GET", &format!("/api/v1/runs?{}", query.finish()))?;
+            print_runs(&answer, json);
+        }
+        RunsCommand::Show { run_id } => {
+            let answer = call(admin, "GET", &format!("/api/v1/runs/{}", encode(&run_id)))?;
+            emit!("{}", pretty(&answer));
+        }
+        RunsCommand::Replay { run_id } => {
+            let path = format!("/api/v1/runs/{}/replay", encode(&run_id));
+            call(admin, "POST", &path)?;
+            emit!("{run_id} is accepted again");
+        }
+        RunsCommand::ReplayDead { workflow_id } => {
+            let path = format!(
+                "/api/v1/workflows/{}/dead-letters/replay",
+                encode(&workflow_id)
+            );
+            let answer = call(admin, "POST", &path)?;
+            emit!(
+                "{} dead-lettered run(s) of {workflow_id} accepted again",
+                answer["replayed"]
+            );
+        }
+        RunsCommand::Purge {
+            older_than,
+            workflow,
+        } => {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("older_than", &older_than);
+            workflow.map(|id| query.append_pair("workflow", &id));
+            let answer = call(admin, "DELETE", &format!("/api/v1/runs?{}", query.finish()))?;
+            emit!("{} run(s) deleted", answer["purged"]);
+        }
+    }
+    Ok(())
+}
+
+fn print_runs(answer: &Value, json: bool) {
+    if json {
+        emit!("{}", pretty(answer));
+        return;
+    }
+    emit!(
+        "{:<38} {:<24} {:<14} {:<26} ERROR",
+        "RUN ID",
+        "WORKFLOW",
+        "STATE",
+        "ACCEPTED"
+    );
+    for run in answer["runs"].as_array().into_iter().flatten() {
+        let text = |field: &str| run[field].as_str().unwrap_or("-").to_string();
+        emit!(
+            "{:<38} {:<24} {:<14} {:<26} {}",
+            text("run_id"),
+            text("workflow_id"),
+            text("state"),
+            text("accepted_at"),
+            run["error"]["code"].as_str().unwrap_or("-")
+        );
+    }
 }
 
 /// Calls the admin API; a failure answer becomes the command's error, with its details.

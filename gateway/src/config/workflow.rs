@@ -141,13 +141,6 @@ fn signature_check(file: &SignatureFile, problems: &mut Problems<'_>) -> Option<
         problems.add("signature", "needs `secret` or `secrets`");
         return None;
     }
-    if secrets.iter().all(|secret| secret.trim().is_empty()) {
-        // Failing closed, not failing to load: one missing secret must not stop the others.
-        tracing::warn!(
-            signature.preset = ?file.preset,
-            "a workflow's signing secret is empty; it will refuse every request"
-        );
-    }
     if let Some(seconds) = file.tolerance_seconds {
         problems.in_range("signature.tolerance_seconds", seconds, 1..=86_400);
     }
@@ -177,7 +170,7 @@ fn signature_check(file: &SignatureFile, problems: &mut Problems<'_>) -> Option<
         }
     }
 
-    Some(match preset {
+    let check = match preset {
         SignaturePresetFile::Github => SignatureCheck::new(Scheme::github(), tolerance, secrets),
         SignaturePresetFile::Meta => SignatureCheck::meta(secrets, file.verify_token.clone()),
         SignaturePresetFile::Shopify => SignatureCheck::new(Scheme::shopify(), tolerance, secrets),
@@ -194,7 +187,21 @@ fn signature_check(file: &SignatureFile, problems: &mut Problems<'_>) -> Option<
         SignaturePresetFile::Hmac => {
             SignatureCheck::new(generic_scheme(file, problems)?, tolerance, secrets)
         }
-    })
+    };
+    if file.tolerance_seconds.is_some() && !check.scheme.signs_a_timestamp() {
+        problems.add(
+            "signature.tolerance_seconds",
+            "this scheme signs no timestamp, so there is nothing to be tolerant about",
+        );
+    }
+    if !check.has_secret() {
+        // Failing closed, not failing to load: one missing secret must not stop the others.
+        tracing::warn!(
+            signature.preset = ?file.preset,
+            "a workflow's signing secret is empty; it will refuse every request"
+        );
+    }
+    Some(check)
 }
 
 /// The scheme `preset: hmac` describes field by field.

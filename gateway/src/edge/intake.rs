@@ -1,5 +1,5 @@
-//! Admission of a request to a workflow, cheapest refusal first: method, caller address,
-//! API key, rate and concurrency limits, declared size; then the body, capped and timed, its
+//! Admission of a request to a workflow, cheapest refusal first: caller address (checked
+//! before handshakes too), method, API key, rate and concurrency limits, declared size; then the body, capped and timed, its
 //! signature over the bytes received, and its content coding undone. Then, once the event
 //! is decoded, its idempotency key: a repeat of an event already run is answered as it was
 //! the first time, not run again.
@@ -8,7 +8,7 @@ use crate::auth::ApiKey;
 use crate::config::{IdempotencySource, Workflow};
 use crate::error::GatewayError;
 use crate::http_reply::Reply;
-use crate::limits::{rate_limited, CallerLimits, Gauge, Permit};
+use crate::limits::{rate_limited, Gauge, Permit};
 use crate::network::{self, Caller};
 use crate::pipeline::Prepared;
 use crate::registry::LiveWorkflow;
@@ -50,20 +50,18 @@ pub async fn admit(
         });
     }
     let caller = caller_of(session, snapshot);
-    if !workflow.allow_ips.is_empty() {
-        let allowed = caller
-            .address
-            .is_some_and(|address| network::any_contains(&workflow.allow_ips, address));
-        if !allowed {
-            return Err(GatewayError::AddressNotAllowed);
-        }
-    }
     let key = snapshot.config.keys.authenticate(
         &workflow.key_policy,
         &request.headers,
         request.uri.query(),
     )?;
-    let permits = enforce_limits(state, workflow, live, key)?;
+    let permits = enter(state, workflow, live, key)?;
+    // A workflow that a signature authenticates counts its rate once the signature holds:
+    // forged requests must not use up what the real sender may send.
+    let by_signature = workflow.signature.is_some();
+    if !by_signature {
+        take_tokens(state, workflow, key)?;
+    }
     let declared = declared_length(session, workflow.max_body_bytes)?;
 
     let total_timeout = snapshot.config.server.body_total_timeout;
@@ -79,6 +77,7 @@ pub async fn admit(
             url: &url,
         };
         signature.verify(&signed, crate::signature::now())?;
+        take_tokens(state, workflow, key)?;
     }
     let coding = request
         .headers
@@ -86,6 +85,26 @@ pub async fn admit(
         .map(|value| value.to_str().unwrap_or("(not text)"));
     let body = crate::payload::decompress(coding, body, workflow.max_body_bytes)?;
     Ok(Admitted { body, permits })
+}
+
+/// Refuses a caller outside the workflow's `allow_ips`, before anything else about the
+/// request is looked at, handshakes and probes included.
+pub fn check_address(
+    session: &Session,
+    snapshot: &Snapshot,
+    workflow: &Workflow,
+) -> Result<(), GatewayError> {
+    if workflow.allow_ips.is_empty() {
+        return Ok(());
+    }
+    let allowed = caller_of(session, snapshot)
+        .address
+        .is_some_and(|address| network::any_contains(&workflow.allow_ips, address));
+    if allowed {
+        Ok(())
+    } else {
+        Err(GatewayError::AddressNotAllowed)
+    }
 }
 
 /// The caller of `session`, as far as the trusted proxies let the gateway see.
@@ -114,51 +133,54 @@ fn public_url(snapshot: &Snapshot, caller: &Caller, uri: &http::Uri) -> String {
     }
 }
 
-/// Takes a token from the workflow's bucket and the key's, and a place under each
-/// concurrency limit; refuses with 429 when any is exhausted.
-fn enforce_limits(
+/// Takes a place under the workflow's and the key's concurrency limits; refuses with 429
+/// when either is full. Places are held until the request ends.
+fn enter(
     state: &GatewayState,
     workflow: &Workflow,
     live: &LiveWorkflow,
     key: Option<&ApiKey>,
 ) -> Result<Vec<Permit>, GatewayError> {
-    let mut permits = Vec::new();
-    let mut apply = |limits: &CallerLimits,
-                     bucket: String,
-                     gauge: &dyn Fn() -> Arc<Gauge>,
-                     scope: &'static str|
-     -> Result<(), GatewayError> {
-        if let Some(rate) = limits.rate {
-            state
-                .shared
-                .take_token(&bucket, rate)
-                .map_err(|wait| rate_limited(scope, wait))?;
-        }
-        if let Some(max) = limits.max_concurrent {
-            let permit = gauge().enter(max).ok_or(GatewayError::RateLimited {
-                scope,
-                retry_after_seconds: 1,
-            })?;
-            permits.push(permit);
-        }
-        Ok(())
+    let full = |scope| GatewayError::RateLimited {
+        scope,
+        retry_after_seconds: 1,
     };
-
-    apply(
-        &workflow.limits,
-        format!("workflow:{}", workflow.id),
-        &|| Arc::clone(&live.gauge),
-        "workflow",
-    )?;
-    if let Some(key) = key {
-        apply(
-            &key.limits,
-            format!("key:{}", key.name),
-            &|| state.key_gauges.of(&key.name),
-            "api key",
-        )?;
+    let mut permits = Vec::new();
+    if let Some(max) = workflow.limits.max_concurrent {
+        permits.push(live.gauge.enter(max).ok_or(full("workflow"))?);
+    }
+    if let Some((key, max)) = key.and_then(|key| Some((key, key.limits.max_concurrent?))) {
+        let gauge: Arc<Gauge> = state.key_gauges.of(&key.name);
+        permits.push(gauge.enter(max).ok_or(full("api key"))?);
     }
     Ok(permits)
+}
+
+/// Takes a token from the key's bucket, then the workflow's; refuses with 429 when either is
+/// empty. A key refused spends nothing of the workflow's rate, and a request the workflow
+/// refuses gets its key's token back, so one busy key cannot starve the others.
+fn take_tokens(
+    state: &GatewayState,
+    workflow: &Workflow,
+    key: Option<&ApiKey>,
+) -> Result<(), GatewayError> {
+    let shared = &state.shared;
+    let key_bucket = key.and_then(|key| Some((format!("key:{}", key.name), key.limits.rate?)));
+    if let Some((bucket, rate)) = &key_bucket {
+        shared
+            .take_token(bucket, *rate)
+            .map_err(|wait| rate_limited("api key", wait))?;
+    }
+    if let Some(rate) = workflow.limits.rate {
+        let bucket = format!("workflow:{}", workflow.id);
+        if let Err(wait) = shared.take_token(&bucket, rate) {
+            if let Some((bucket, rate)) = &key_bucket {
+                shared.give_back_token(bucket, *rate);
+            }
+            return Err(rate_limited("workflow", wait));
+        }
+    }
+    Ok(())
 }
 
 /// The declared Content-Length, refused with 413 before any byte of the body is read.
@@ -292,11 +314,13 @@ pub fn repeat_reply(first: &FirstAnswer) -> Reply {
     let mut reply = match &first.body {
         Some(body) => Reply {
             status: first.status,
-            headers: first
-                .content_type
-                .iter()
-                .map(|value| ("content-type", value.clone()))
-                .collect(),
+            headers: [
+                ("content-type", &first.content_type),
+                ("content-encoding", &first.content_encoding),
+            ]
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value.clone()?)))
+            .collect(),
             body: body.clone(),
         },
         None => Reply::json(

@@ -117,6 +117,7 @@ impl Edge {
         if routed.kind == UrlKind::Production && !live.is_active() {
             return Err(GatewayError::WorkflowInactive(workflow.id.clone()));
         }
+        intake::check_address(session, &snapshot, &workflow)?;
         let request = session.req_header();
         if let Some(answer) =
             handshake::before_body(&workflow, &request.method, request.uri.query())
@@ -180,6 +181,19 @@ impl Edge {
                 };
                 // A refused run never existed: its id must not reach the caller.
                 ctx.run_id = None;
+                // The key is kept before the run starts: a run that fails at once must find
+                // it, to forget it.
+                let idempotency_key = pending_key.map(|pending| {
+                    let key = pending.key().to_string();
+                    pending.keep(FirstAnswer {
+                        run_id: Some(run_id.clone()),
+                        status: 202,
+                        content_type: None,
+                        content_encoding: None,
+                        body: None,
+                    });
+                    key
+                });
                 let job = Job {
                     run_id: run_id.clone(),
                     request_id: ctx.request_id.clone(),
@@ -190,17 +204,15 @@ impl Edge {
                     engine: Arc::clone(&snapshot.config.engine),
                     backends: Arc::clone(&snapshot.backends),
                     attempts_made: 0,
+                    idempotency_key: idempotency_key.clone(),
                 };
-                self.state.runs.submit(job, input).await?;
-                ctx.run_id = Some(run_id.clone());
-                if let Some(pending) = pending_key {
-                    pending.keep(FirstAnswer {
-                        run_id: Some(run_id.clone()),
-                        status: 202,
-                        content_type: None,
-                        body: None,
-                    });
+                if let Err(error) = self.state.runs.submit(job, input).await {
+                    if let Some(key) = &idempotency_key {
+                        self.state.shared.forget_run(key, &run_id);
+                    }
+                    return Err(error);
                 }
+                ctx.run_id = Some(run_id.clone());
                 let accepted = json!({ "run_id": run_id, "status": "accepted" });
                 Ok(Answer::Reply(
                     Reply::json(202, &accepted).with_header("x-run-id", run_id),
@@ -221,6 +233,7 @@ impl Edge {
                         run_id: Some(run_id.clone()),
                         status: 200,
                         content_type: Some("application/json".into()),
+                        content_encoding: None,
                         body: (reply.body.len() <= max_kept).then(|| reply.body.clone()),
                     });
                 }
@@ -313,15 +326,18 @@ impl Edge {
         }
         session.write_response_body(None, true).await?;
         if let (Some(pending), Some(buffer)) = (ctx.pending_key.take(), kept) {
-            let content_type = exchange
-                .response_header()
-                .and_then(|header| header.headers.get(http::header::CONTENT_TYPE))
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_string);
+            let header = |name: http::header::HeaderName| {
+                exchange
+                    .response_header()
+                    .and_then(|header| header.headers.get(name))
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_string)
+            };
             pending.keep(FirstAnswer {
                 run_id: ctx.run_id.clone(),
                 status: exchange.status(),
-                content_type,
+                content_type: header(http::header::CONTENT_TYPE),
+                content_encoding: header(http::header::CONTENT_ENCODING),
                 body: (!too_large).then(|| buffer.freeze()),
             });
         }
@@ -543,6 +559,18 @@ impl ProxyHttp for Edge {
             ErrorType::HTTPStatus(502),
             "no upstream for webhook routes",
         ))
+    }
+
+    /// What Pingora writes about this request in its own error lines: the method and the
+    /// workflow, never the path (its token is the URL's secret) or the query (it may carry an
+    /// API key).
+    fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {
+        format!(
+            "{} workflow {} request {}",
+            session.req_header().method,
+            ctx.workflow_id.as_deref().unwrap_or("-"),
+            ctx.request_id
+        )
     }
 
     /// A client that hangs up or sends garbage is the client's doing: the request's own log
