@@ -7,6 +7,7 @@ mod admin_and_runs;
 mod auth;
 mod authoring;
 mod cli;
+mod durability;
 mod examples;
 mod forward;
 mod hardening;

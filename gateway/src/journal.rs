@@ -74,6 +74,16 @@ impl RunState {
     }
 }
 
+/// A journaled run to be queued again, with the attempts it already has.
+#[derive(Debug, Clone)]
+pub struct Resumable {
+    pub input: RunInput,
+    /// Every attempt on record, so the next one is numbered after them.
+    pub attempts_recorded: u32,
+    /// Those since the last replay, which count against the workflow's `max_attempts`.
+    pub attempts_counted: u32,
+}
+
 /// What a run needs to be executed again after a restart: the request as the workflow saw it.
 #[derive(Debug, Clone)]
 pub struct RunInput {
@@ -267,7 +277,7 @@ pub trait RunJournal: Send + Sync {
     ) -> Result<Vec<RunRecord>, String>;
 
     /// Runs that have not ended, oldest first, with the attempts they already made.
-    fn unfinished(&self) -> Result<Vec<(RunInput, u32)>, String>;
+    fn unfinished(&self) -> Result<Vec<Resumable>, String>;
 
     /// How many runs have not ended.
     fn unfinished_count(&self) -> Result<usize, String>;
@@ -280,7 +290,7 @@ pub trait RunJournal: Send + Sync {
 
     /// Puts finished runs back in the queue as accepted, their earlier attempts kept; returns
     /// the runs that were put back.
-    fn replay(&self, run_ids: &[String]) -> Result<Vec<RunInput>, String>;
+    fn replay(&self, run_ids: &[String]) -> Result<Vec<Resumable>, String>;
 
     /// Ids of a workflow's dead-lettered runs, oldest first.
     fn dead_lettered(&self, workflow_id: &str) -> Result<Vec<String>, String>;
@@ -446,7 +456,7 @@ impl RunJournal for Journal {
         })
     }
 
-    fn unfinished(&self) -> Result<Vec<(RunInput, u32)>, String> {
+    fn unfinished(&self) -> Result<Vec<Resumable>, String> {
         self.read(|db| {
             let mut statement = db.prepare(&format!(
                 "SELECT {INPUT_COLUMNS}, attempt_base,
@@ -456,9 +466,13 @@ impl RunJournal for Journal {
             ))?;
             let rows = statement.query_map([], |row| {
                 let input = input_from_row(row)?;
-                let made: u32 = row.get(9)?;
+                let recorded: u32 = row.get(9)?;
                 let base: u32 = row.get(8)?;
-                Ok((input, made.saturating_sub(base)))
+                Ok(Resumable {
+                    input,
+                    attempts_recorded: recorded,
+                    attempts_counted: recorded.saturating_sub(base),
+                })
             })?;
             rows.collect()
         })
@@ -497,7 +511,7 @@ impl RunJournal for Journal {
         })
     }
 
-    fn replay(&self, run_ids: &[String]) -> Result<Vec<RunInput>, String> {
+    fn replay(&self, run_ids: &[String]) -> Result<Vec<Resumable>, String> {
         self.read(|db| {
             let transaction = db.unchecked_transaction()?;
             let mut replayed = Vec::new();
@@ -510,12 +524,18 @@ impl RunJournal for Journal {
                     [run_id],
                 )?;
                 if changed == 1 {
-                    let input = transaction.query_row(
-                        &format!("SELECT {INPUT_COLUMNS} FROM runs WHERE run_id = ?1"),
+                    let resumable = transaction.query_row(
+                        &format!("SELECT {INPUT_COLUMNS}, attempt_base FROM runs WHERE run_id = ?1"),
                         [run_id],
-                        input_from_row,
+                        |row| {
+                            Ok(Resumable {
+                                input: input_from_row(row)?,
+                                attempts_recorded: row.get(8)?,
+                                attempts_counted: 0,
+                            })
+                        },
                     )?;
-                    replayed.push(input);
+                    replayed.push(resumable);
                 }
             }
             transaction.commit()?;
@@ -772,9 +792,13 @@ mod tests {
         assert_eq!(journal.close_interrupted_attempts().unwrap(), 1);
         let unfinished = journal.unfinished().unwrap();
         assert_eq!(unfinished.len(), 1);
-        assert_eq!(unfinished[0].0.run_id, "r1");
-        assert_eq!(unfinished[0].0.body, br#"{"n":1}"#);
-        assert_eq!(unfinished[0].1, 1, "one attempt already made");
+        assert_eq!(unfinished[0].input.run_id, "r1");
+        assert_eq!(unfinished[0].input.body, br#"{"n":1}"#);
+        assert_eq!(
+            unfinished[0].attempts_recorded, 1,
+            "one attempt already made"
+        );
+        assert_eq!(unfinished[0].attempts_counted, 1);
         let done = journal.get("r2").unwrap().unwrap();
         assert_eq!(done.state, RunState::Succeeded);
         assert_eq!(done.result, Some(serde_json::json!({"ok": true})));
@@ -808,6 +832,10 @@ mod tests {
             .replay(&["dead".to_string(), "open".to_string()])
             .unwrap();
         assert_eq!(replayed.len(), 1, "a run still open is not replayed");
+        assert_eq!(
+            (replayed[0].attempts_recorded, replayed[0].attempts_counted),
+            (1, 0)
+        );
         assert_eq!(journal.attempts_made("dead").unwrap(), 0);
         let record = journal.get("dead").unwrap().unwrap();
         assert_eq!((record.state, record.replays), (RunState::Accepted, 1));

@@ -12,7 +12,7 @@ use crate::error::GatewayError;
 use crate::forward::backends::Backends;
 use crate::forward::client::{self, ForwardError, UpstreamRequest};
 use crate::forward::{build_request, RequestIds};
-use crate::journal::{Attempt, JournalError, Outcome, RunError, RunInput, RunState};
+use crate::journal::{Attempt, JournalError, Outcome, Resumable, RunError, RunInput, RunState};
 use crate::pipeline::{self, Prepared, RequestParts};
 use crate::script::ScriptEngine;
 use crate::shared_state::SharedState;
@@ -52,8 +52,10 @@ pub struct Job {
     /// reload in the meantime does not change what the run does.
     pub engine: Arc<ScriptEngine>,
     pub backends: Arc<Backends>,
-    /// Attempts already made (since the last replay), from the journal.
-    pub attempts_made: u32,
+    /// Attempts on record, so the next is numbered after them.
+    pub attempts_recorded: u32,
+    /// Attempts since the last replay, which count against `max_attempts`.
+    pub attempts_counted: u32,
     /// The stored idempotency key the run answered, forgotten if the run fails so that a
     /// repeat of the event runs again.
     pub idempotency_key: Option<String>,
@@ -131,10 +133,11 @@ impl RunPool {
 
     /// Queues runs the journal already holds: unfinished ones at start, replayed ones later.
     /// A run whose workflow is gone, or whose input no longer passes it, ends failed.
-    pub fn resume(&self, config: &Config, backends: &Arc<Backends>, runs: Vec<(RunInput, u32)>) {
-        for (input, attempts_made) in runs {
+    pub fn resume(&self, config: &Config, backends: &Arc<Backends>, runs: Vec<Resumable>) {
+        for run in runs {
             self.context.unfinished.fetch_add(1, Ordering::AcqRel);
-            match rebuild(config, backends, &input, attempts_made) {
+            let input = &run.input;
+            match rebuild(config, backends, &run) {
                 Ok(job) => self.enqueue(job),
                 Err(error) => {
                     let context = Arc::clone(&self.context);
@@ -163,9 +166,9 @@ impl RunPool {
 fn rebuild(
     config: &Config,
     backends: &Arc<Backends>,
-    input: &RunInput,
-    attempts_made: u32,
+    run: &Resumable,
 ) -> Result<Job, GatewayError> {
+    let input = &run.input;
     let workflow = config
         .workflow(&input.workflow_id)
         .cloned()
@@ -194,7 +197,8 @@ fn rebuild(
         caller_method: input.method.clone(),
         engine: Arc::clone(&config.engine),
         backends: Arc::clone(backends),
-        attempts_made,
+        attempts_recorded: run.attempts_recorded,
+        attempts_counted: run.attempts_counted,
         idempotency_key: None,
     })
 }
@@ -243,10 +247,12 @@ async fn execute(context: &Arc<RunContext>, job: Job) {
         .forward
         .as_ref()
         .map_or(1, |forward| forward.retry.max_attempts);
-    let mut number = job.attempts_made + 1;
+    // `counted` decides when attempts run out; `number` is what the journal records.
+    let mut counted = job.attempts_counted + 1;
+    let mut number = job.attempts_recorded + 1;
 
     let outcome = loop {
-        if number > max_attempts {
+        if counted > max_attempts {
             break Err(RunFailure::Final(GatewayError::AttemptsExhausted {
                 attempts: max_attempts,
             }));
@@ -281,7 +287,7 @@ async fn execute(context: &Arc<RunContext>, job: Job) {
             RunFailure::Final(error) => Some(error.to_string()),
         };
         let retry_after = match failure {
-            RunFailure::Retryable { retry_after, .. } if number < max_attempts => retry_after,
+            RunFailure::Retryable { retry_after, .. } if counted < max_attempts => retry_after,
             failure => {
                 journal.attempt_ended(&job.run_id, &attempt, false);
                 break Err(failure);
@@ -290,11 +296,12 @@ async fn execute(context: &Arc<RunContext>, job: Job) {
         journal.attempt_ended(&job.run_id, &attempt, true);
 
         number += 1;
+        counted += 1;
         let backoff = job
             .workflow
             .forward
             .as_ref()
-            .map_or(Duration::ZERO, |forward| forward.retry.backoff(number));
+            .map_or(Duration::ZERO, |forward| forward.retry.backoff(counted));
         // A backend's Retry-After wins over the backoff schedule, up to an hour.
         let wait = retry_after.map_or(backoff, |asked| asked.min(MAX_RETRY_AFTER).max(backoff));
         tokio::time::sleep(wait).await;
@@ -310,7 +317,7 @@ async fn execute(context: &Arc<RunContext>, job: Job) {
     tracing::info!(
         workflow.id = %job.workflow.id,
         run.id = %job.run_id,
-        run.attempts = number.min(max_attempts),
+        run.attempts = number.saturating_sub(1).max(1),
         "run finished"
     );
 }

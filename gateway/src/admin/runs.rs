@@ -5,7 +5,7 @@ use super::views::RunFilter;
 use crate::authoring::samples::redacted_query;
 use crate::error::GatewayError;
 use crate::http_reply::Reply;
-use crate::journal::RunInput;
+use crate::journal::{Resumable, RunInput};
 use crate::server::GatewayState;
 use serde_json::{json, Value};
 
@@ -97,15 +97,17 @@ pub fn replay_dead_letters(state: &GatewayState, workflow_id: &str) -> Result<Re
     let journal = state.shared.journal();
     let dead = journal.dead_lettered(workflow_id).map_err(journal_failed)?;
     let replayed = journal.replay(&dead).map_err(journal_failed)?;
-    let run_ids: Vec<&str> = replayed.iter().map(|input| input.run_id.as_str()).collect();
+    let run_ids: Vec<&str> = replayed
+        .iter()
+        .map(|run| run.input.run_id.as_str())
+        .collect();
     let body = json!({ "workflow_id": workflow_id, "replayed": run_ids.len(), "run_ids": run_ids });
     resume(state, replayed);
     Ok(Reply::json(200, &body))
 }
 
-fn resume(state: &GatewayState, inputs: Vec<RunInput>) {
+fn resume(state: &GatewayState, runs: Vec<Resumable>) {
     let snapshot = state.snapshot();
-    let runs = inputs.into_iter().map(|input| (input, 0)).collect();
     state
         .runs
         .resume(&snapshot.config, &snapshot.backends, runs);

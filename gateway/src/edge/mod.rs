@@ -203,7 +203,8 @@ impl Edge {
                     caller_method,
                     engine: Arc::clone(&snapshot.config.engine),
                     backends: Arc::clone(&snapshot.backends),
-                    attempts_made: 0,
+                    attempts_recorded: 0,
+                    attempts_counted: 0,
                     idempotency_key: idempotency_key.clone(),
                 };
                 if let Err(error) = self.state.runs.submit(job, input).await {
