@@ -364,8 +364,11 @@ fn the_openapi_document_describes_every_endpoint() {
         ("/api/v1/workflows/{id}/samples", "delete"),
         ("/api/v1/workflows/{id}/fields", "get"),
         ("/api/v1/workflows/{id}/samples/{sample_id}/replay", "post"),
+        ("/api/v1/workflows/{id}/dead-letters/replay", "post"),
         ("/api/v1/runs", "get"),
+        ("/api/v1/runs", "delete"),
         ("/api/v1/runs/{run_id}", "get"),
+        ("/api/v1/runs/{run_id}/replay", "post"),
         ("/api/v1/config", "get"),
         ("/api/v1/reload", "post"),
         ("/api/v1/openapi.json", "get"),
@@ -376,7 +379,7 @@ fn the_openapi_document_describes_every_endpoint() {
             "{method} {path} is not documented"
         );
     }
-    assert_eq!(paths.len(), 14, "no undocumented or stale paths");
+    assert_eq!(paths.len(), 16, "no undocumented or stale paths");
 }
 
 #[test]
