@@ -147,6 +147,8 @@ pub struct RunRecord {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub state: RunState,
+    /// When its execution began; the first attempt's start counts when there were attempts.
+    pub started: SystemTime,
     pub result: Option<Value>,
     pub error: Option<RunError>,
 }
@@ -170,6 +172,8 @@ enum Change {
         run_id: String,
         outcome: Box<Outcome>,
     },
+    /// Writes nothing: waiting for it waits for every change sent before.
+    Barrier,
 }
 
 struct Command {
@@ -193,10 +197,13 @@ pub struct Journal {
     reader: Mutex<Connection>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+fn millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+fn now_ms() -> i64 {
+    millis(SystemTime::now())
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -223,9 +230,7 @@ CREATE TABLE IF NOT EXISTS runs (
     replays INTEGER NOT NULL DEFAULT 0,
     attempt_base INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS runs_by_state ON runs(state);
 CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs(workflow_id, run_id);
-CREATE INDEX IF NOT EXISTS runs_by_finish ON runs(finished_at);
 CREATE TABLE IF NOT EXISTS attempts (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     number INTEGER NOT NULL,
@@ -260,8 +265,9 @@ pub trait RunJournal: Send + Sync {
     /// attempt shows as interrupted.
     fn attempt_ended(&self, run_id: &str, attempt: &Attempt, retrying: bool);
 
-    /// Records a run's end, and waits until it is durable.
-    async fn finish(&self, run_id: &str, outcome: Outcome) -> Result<(), JournalError>;
+    /// Records a run's end. Not waited for: a run whose end a crash loses runs again after
+    /// the restart, and its interrupted attempt is on record.
+    fn finish(&self, run_id: &str, outcome: Outcome);
 
     fn get(&self, run_id: &str) -> Result<Option<RunRecord>, String>;
 
@@ -332,6 +338,11 @@ impl Journal {
         &self.path
     }
 
+    /// Waits until every change sent before is committed.
+    pub async fn settled(&self) -> Result<(), JournalError> {
+        self.write(Change::Barrier).await
+    }
+
     fn send(
         &self,
         change: Change,
@@ -400,12 +411,11 @@ impl RunJournal for Journal {
         self.write_blocking(change);
     }
 
-    async fn finish(&self, run_id: &str, outcome: Outcome) -> Result<(), JournalError> {
-        self.write(Change::Finished {
+    fn finish(&self, run_id: &str, outcome: Outcome) {
+        self.write_blocking(Change::Finished {
             run_id: run_id.to_string(),
             outcome: Box::new(outcome),
-        })
-        .await
+        });
     }
 
     fn get(&self, run_id: &str) -> Result<Option<RunRecord>, String> {
@@ -653,24 +663,42 @@ fn write_loop(mut db: Connection, changes: Receiver<Command>) {
             }
         }
 
-        let outcome = write_batch(&mut db, &batch).map_err(|error| error.to_string());
-        if let Err(error) = &outcome {
-            tracing::error!(journal.error = %error, journal.batch = batch.len(), "journal write failed");
-        }
-        for command in batch {
+        let outcomes = write_batch(&mut db, &batch);
+        for (command, outcome) in batch.into_iter().zip(outcomes) {
+            if let Err(error) = &outcome {
+                tracing::error!(journal.error = %error, "journal write failed");
+            }
             if let Some(written) = command.written {
-                let _ = written.send(outcome.clone());
+                let _ = written.send(outcome);
             }
         }
     }
 }
 
-fn write_batch(db: &mut Connection, batch: &[Command]) -> rusqlite::Result<()> {
-    let transaction = db.transaction()?;
-    for command in batch {
-        apply(&transaction, &command.change)?;
+/// One transaction for the whole batch; if it fails, each change alone, so that one bad
+/// change (a run id written twice) fails only its own caller.
+fn write_batch(db: &mut Connection, batch: &[Command]) -> Vec<Result<(), String>> {
+    let together = db.transaction().and_then(|transaction| {
+        for command in batch {
+            apply(&transaction, &command.change)?;
+        }
+        transaction.commit()
+    });
+    if together.is_ok() || batch.len() == 1 {
+        let outcome = together.map_err(|error| error.to_string());
+        return vec![outcome; batch.len()];
     }
-    transaction.commit()
+    batch
+        .iter()
+        .map(|command| {
+            db.transaction()
+                .and_then(|transaction| {
+                    apply(&transaction, &command.change)?;
+                    transaction.commit()
+                })
+                .map_err(|error| error.to_string())
+        })
+        .collect()
 }
 
 fn apply(db: &Connection, change: &Change) -> rusqlite::Result<()> {
@@ -678,33 +706,33 @@ fn apply(db: &Connection, change: &Change) -> rusqlite::Result<()> {
     match change {
         Change::Append(input) => {
             let headers = serde_json::to_string(&input.headers).unwrap_or_else(|_| "[]".into());
-            db.execute(
+            db.prepare_cached(
                 "INSERT INTO runs (run_id, workflow_id, config_version, request_id, method,
                     headers, query, body, state, accepted_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'accepted', ?9)",
-                params![
-                    input.run_id,
-                    input.workflow_id,
-                    input.config_version as i64,
-                    input.request_id,
-                    input.method,
-                    headers,
-                    input.query,
-                    input.body,
-                    now
-                ],
-            )?;
+            )?
+            .execute(params![
+                input.run_id,
+                input.workflow_id,
+                input.config_version as i64,
+                input.request_id,
+                input.method,
+                headers,
+                input.query,
+                input.body,
+                now
+            ])?;
         }
         Change::Started { run_id, number } => {
-            db.execute(
+            db.prepare_cached(
                 "INSERT OR REPLACE INTO attempts (run_id, number, started_at) VALUES (?1, ?2, ?3)",
-                params![run_id, number, now],
-            )?;
-            db.execute(
+            )?
+            .execute(params![run_id, number, now])?;
+            db.prepare_cached(
                 "UPDATE runs SET state = 'running', started_at = COALESCE(started_at, ?2)
                  WHERE run_id = ?1",
-                params![run_id, now],
-            )?;
+            )?
+            .execute(params![run_id, now])?;
         }
         Change::AttemptEnded {
             run_id,
@@ -714,18 +742,17 @@ fn apply(db: &Connection, change: &Change) -> rusqlite::Result<()> {
             error,
             retrying,
         } => {
-            db.execute(
+            db.prepare_cached(
                 "UPDATE attempts SET duration_ms = ?3, status = ?4, error = ?5
                  WHERE run_id = ?1 AND number = ?2",
-                params![run_id, number, duration_ms, status, error],
-            )?;
+            )?
+            .execute(params![run_id, number, duration_ms, status, error])?;
             if *retrying {
-                db.execute(
-                    "UPDATE runs SET state = 'retrying' WHERE run_id = ?1",
-                    [run_id],
-                )?;
+                db.prepare_cached("UPDATE runs SET state = 'retrying' WHERE run_id = ?1")?
+                    .execute([run_id])?;
             }
         }
+        Change::Barrier => {}
         Change::Finished { run_id, outcome } => {
             let result = outcome.result.as_ref().map(Value::to_string);
             let error = outcome.error.as_ref().map(|error| {
@@ -734,11 +761,19 @@ fn apply(db: &Connection, change: &Change) -> rusqlite::Result<()> {
                 })
                 .to_string()
             });
-            db.execute(
-                "UPDATE runs SET state = ?2, finished_at = ?3, result = ?4, error = ?5
+            db.prepare_cached(
+                "UPDATE runs SET state = ?2, finished_at = ?3, result = ?4, error = ?5,
+                    started_at = COALESCE(started_at, ?6)
                  WHERE run_id = ?1",
-                params![run_id, outcome.state.as_str(), now, result, error],
-            )?;
+            )?
+            .execute(params![
+                run_id,
+                outcome.state.as_str(),
+                now,
+                result,
+                error,
+                millis(outcome.started)
+            ])?;
         }
     }
     Ok(())
@@ -777,15 +812,16 @@ mod tests {
             block_on(journal.append(input("r1"))).unwrap();
             block_on(journal.append(input("r2"))).unwrap();
             block_on(journal.attempt_started("r1", 1)).unwrap();
-            block_on(journal.finish(
+            journal.finish(
                 "r2",
                 Outcome {
                     state: RunState::Succeeded,
+                    started: SystemTime::now(),
                     result: Some(serde_json::json!({"ok": true})),
                     error: None,
                 },
-            ))
-            .unwrap();
+            );
+            block_on(journal.settled()).unwrap();
         }
 
         let journal = Journal::open(&path, 16).unwrap();
@@ -819,10 +855,12 @@ mod tests {
         block_on(journal.attempt_started("dead", 1)).unwrap();
         let outcome = Outcome {
             state: RunState::DeadLettered,
+            started: SystemTime::now(),
             result: None,
             error: None,
         };
-        block_on(journal.finish("dead", outcome)).unwrap();
+        journal.finish("dead", outcome);
+        block_on(journal.settled()).unwrap();
         assert_eq!(
             journal.dead_lettered("w").unwrap(),
             vec!["dead".to_string()]
@@ -852,11 +890,13 @@ mod tests {
         for id in ["a", "b", "c"] {
             let outcome = Outcome {
                 state: RunState::Failed,
+                started: SystemTime::now(),
                 result: None,
                 error: None,
             };
-            block_on(journal.finish(id, outcome)).unwrap();
+            journal.finish(id, outcome);
         }
+        block_on(journal.settled()).unwrap();
         assert_eq!(journal.trim_to(1).unwrap(), 2);
         assert_eq!(journal.purge_older_than(Duration::ZERO, None).unwrap(), 1);
         let left: Vec<String> = journal
@@ -866,5 +906,20 @@ mod tests {
             .map(|record| record.run_id)
             .collect();
         assert_eq!(left, vec!["d".to_string()]);
+    }
+
+    #[test]
+    fn a_bad_change_fails_alone_and_its_batch_neighbours_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("runs.db"), 16).unwrap();
+        block_on(journal.append(input("once"))).unwrap();
+        let outcomes = block_on(async {
+            let again = journal.append(input("once"));
+            let other = journal.append(input("other"));
+            tokio::join!(again, other)
+        });
+        assert!(outcomes.0.is_err(), "a run id is written once");
+        assert!(outcomes.1.is_ok());
+        assert!(journal.get("other").unwrap().is_some());
     }
 }

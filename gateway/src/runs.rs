@@ -142,9 +142,8 @@ impl RunPool {
                 Err(error) => {
                     let context = Arc::clone(&self.context);
                     let run_id = input.run_id.clone();
-                    self._runtime.spawn(async move {
-                        end(&context, &run_id, None, Err(RunFailure::Final(error))).await;
-                    });
+                    let failure = Err(RunFailure::Final(error));
+                    end(&context, &run_id, None, SystemTime::now(), failure);
                 }
             }
         }
@@ -238,9 +237,27 @@ enum RunFailure {
     Final(GatewayError),
 }
 
+/// Executes a run and records how it ended.
+async fn execute(context: &Arc<RunContext>, job: Job) {
+    let started = SystemTime::now();
+    let outcome = if job.workflow.forward.is_none() {
+        // One step whose effects stay in the gateway: no attempts to record, and a crash
+        // before its end is written only runs the script again.
+        run_script(&job)
+            .await
+            .map(|result| result.unwrap_or(Value::Null))
+            .map_err(RunFailure::Final)
+    } else {
+        deliver_with_retries(context, &job).await
+    };
+    let key = job.idempotency_key.as_deref();
+    end(context, &job.run_id, key, started, outcome);
+    tracing::info!(workflow.id = %job.workflow.id, run.id = %job.run_id, "run finished");
+}
+
 /// Makes attempts until one succeeds, one fails for good, or the workflow's attempts run
 /// out (the run is then dead-lettered). Each attempt is in the journal before it starts.
-async fn execute(context: &Arc<RunContext>, job: Job) {
+async fn deliver_with_retries(context: &Arc<RunContext>, job: &Job) -> Result<Value, RunFailure> {
     let journal = context.shared.journal();
     let max_attempts = job
         .workflow
@@ -251,14 +268,15 @@ async fn execute(context: &Arc<RunContext>, job: Job) {
     let mut counted = job.attempts_counted + 1;
     let mut number = job.attempts_recorded + 1;
 
-    let outcome = loop {
+    loop {
         if counted > max_attempts {
-            break Err(RunFailure::Final(GatewayError::AttemptsExhausted {
+            return Err(RunFailure::Final(GatewayError::AttemptsExhausted {
                 attempts: max_attempts,
             }));
         }
         if let Err(error) = journal.attempt_started(&job.run_id, number).await {
-            // Without a trace of the attempt, a crash could repeat it unnoticed: wait.
+            // A delivery must be on record before it happens, or a crash could repeat it
+            // unnoticed: wait until the journal takes it.
             tracing::error!(run.id = %job.run_id, journal.error = %error, "attempt not recorded; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -266,7 +284,7 @@ async fn execute(context: &Arc<RunContext>, job: Job) {
 
         let started = Instant::now();
         let started_at = now();
-        let (outcome, status) = attempt_once(context, &job).await;
+        let (outcome, status) = attempt_once(context, job).await;
         let mut attempt = Attempt {
             number,
             started_at,
@@ -277,7 +295,7 @@ async fn execute(context: &Arc<RunContext>, job: Job) {
         let failure = match outcome {
             Ok(result) => {
                 journal.attempt_ended(&job.run_id, &attempt, false);
-                break Ok(result);
+                return Ok(result);
             }
             Err(failure) => failure,
         };
@@ -290,7 +308,7 @@ async fn execute(context: &Arc<RunContext>, job: Job) {
             RunFailure::Retryable { retry_after, .. } if counted < max_attempts => retry_after,
             failure => {
                 journal.attempt_ended(&job.run_id, &attempt, false);
-                break Err(failure);
+                return Err(failure);
             }
         };
         journal.attempt_ended(&job.run_id, &attempt, true);
@@ -305,28 +323,15 @@ async fn execute(context: &Arc<RunContext>, job: Job) {
         // A backend's Retry-After wins over the backoff schedule, up to an hour.
         let wait = retry_after.map_or(backoff, |asked| asked.min(MAX_RETRY_AFTER).max(backoff));
         tokio::time::sleep(wait).await;
-    };
-
-    end(
-        context,
-        &job.run_id,
-        job.idempotency_key.as_deref(),
-        outcome,
-    )
-    .await;
-    tracing::info!(
-        workflow.id = %job.workflow.id,
-        run.id = %job.run_id,
-        run.attempts = number.saturating_sub(1).max(1),
-        "run finished"
-    );
+    }
 }
 
 /// Records how the run ended and gives its place back.
-async fn end(
+fn end(
     context: &Arc<RunContext>,
     run_id: &str,
     idempotency_key: Option<&str>,
+    started: SystemTime,
     outcome: Result<Value, RunFailure>,
 ) {
     if let (Some(key), Err(_)) = (idempotency_key, &outcome) {
@@ -335,6 +340,7 @@ async fn end(
     let outcome = match outcome {
         Ok(result) => Outcome {
             state: RunState::Succeeded,
+            started,
             result: Some(result),
             error: None,
         },
@@ -348,6 +354,7 @@ async fn end(
             };
             Outcome {
                 state,
+                started,
                 result: None,
                 error: Some(RunError {
                     code: error.code().to_string(),
@@ -358,10 +365,7 @@ async fn end(
         }
     };
     let state = outcome.state;
-    if let Err(error) = context.shared.journal().finish(run_id, outcome).await {
-        // The run stays unfinished in the journal and runs again after a restart.
-        tracing::error!(run.id = %run_id, journal.error = %error, "a run's end was not recorded");
-    }
+    context.shared.journal().finish(run_id, outcome);
     context.unfinished.fetch_sub(1, Ordering::AcqRel);
     tracing::debug!(run.id = %run_id, run.state = state.as_str(), "run ended");
 }
