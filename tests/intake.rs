@@ -13,6 +13,20 @@ fn with_server_lines(lines: &str) -> String {
     BASE_CONFIG.replacen("server:\n", &format!("server:\n{lines}"), 1)
 }
 
+/// Runs `webhook-gateway check` on a configuration that must fail; returns what it printed.
+fn check_refuses(dir: &ConfigDir) -> String {
+    let output = std::process::Command::new(BINARY)
+        .args(["check", "--config"])
+        .arg(dir.config())
+        .env("WEBHOOK_GATEWAY_STATE_DIR", dir.dir.path())
+        .env("TEST_API_KEY", TEST_KEY)
+        .env("OTHER_API_KEY", OTHER_KEY)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "check accepted the configuration");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + PATIENCE;
     while !done() {
@@ -176,17 +190,8 @@ fn mapping_the_key_parameter_is_refused_at_load() {
         "workflows/leaky.yaml",
         "id: leaky\ntrigger:\n  api_key:\n    query: token\nmapping:\n  t: { query: token }\n",
     )]);
-    let output = std::process::Command::new(BINARY)
-        .args(["check", "--config"])
-        .arg(dir.config())
-        .env("WEBHOOK_GATEWAY_STATE_DIR", dir.dir.path())
-        .env("TEST_API_KEY", TEST_KEY)
-        .env("OTHER_API_KEY", OTHER_KEY)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
-    assert!(stderr.contains("mapping.t.query"), "{stderr}");
+    let problems = check_refuses(&dir);
+    assert!(problems.contains("mapping.t.query"), "{problems}");
 }
 
 #[test]
@@ -385,14 +390,6 @@ fn standard_webhooks_signatures_verify_through_the_binary() {
         "workflows/std.yaml",
         &workflow.replace("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "not base64!"),
     )]);
-    let output = std::process::Command::new(BINARY)
-        .args(["check", "--config"])
-        .arg(broken.config())
-        .env("WEBHOOK_GATEWAY_STATE_DIR", broken.dir.path())
-        .env("TEST_API_KEY", TEST_KEY)
-        .env("OTHER_API_KEY", OTHER_KEY)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("signature.secrets[0]"), "{stderr}");
+    let problems = check_refuses(&broken);
+    assert!(problems.contains("signature.secrets[0]"), "{problems}");
 }
