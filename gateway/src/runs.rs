@@ -393,15 +393,40 @@ async fn run_script(job: &Job) -> Result<Option<Value>, GatewayError> {
         return Ok(job.workflow.forward.is_none().then_some(variables));
     }
 
+    // Most scripts end within microseconds: they run right here. One still running after
+    // the slice starts again on a blocking thread, so the pool's other runs are not held up.
+    let started = Instant::now();
+    let slice = crate::script::Timing {
+        started,
+        yield_after: Some(INLINE_SLICE),
+    };
+    let (engine, workflow) = (&job.engine, &job.workflow);
+    if let Some(result) =
+        pipeline::execute_timed(engine, workflow, &job.prepared, &job.run_id, slice)?
+    {
+        return Ok(Some(result));
+    }
+
     let engine = Arc::clone(&job.engine);
     let workflow = Arc::clone(&job.workflow);
     let prepared = job.prepared.clone();
     let run_id = job.run_id.clone();
-    tokio::task::spawn_blocking(move || pipeline::execute(&engine, &workflow, &prepared, &run_id))
-        .await
-        .map_err(|_| GatewayError::ScriptError)?
-        .map(Some)
+    let whole = crate::script::Timing {
+        started,
+        yield_after: None,
+    };
+    tokio::task::spawn_blocking(move || {
+        pipeline::execute_timed(&engine, &workflow, &prepared, &run_id, whole)
+    })
+    .await
+    .map_err(|_| GatewayError::ScriptError)??
+    .ok_or(GatewayError::Internal)
+    .map(Some)
 }
+
+/// How long an accepted run's script may run on a pool thread before it moves to a blocking
+/// thread.
+const INLINE_SLICE: Duration = Duration::from_millis(2);
 
 /// Delivers the run to its backend once. Connection failures, timeouts, 429 and 5xx may be
 /// retried; other 4xx are final.
