@@ -217,6 +217,12 @@ fn the_journal_keeps_only_what_retention_allows_and_purges_on_request() {
 
     let missing = gateway.admin_send("DELETE", "/api/v1/runs");
     assert_eq!(missing.error_code(), "invalid_parameter");
+    let ages_ago = gateway.admin_send("DELETE", "/api/v1/runs?older_than=300000000y");
+    assert_eq!(
+        ages_ago.json(),
+        json!({"purged": 0}),
+        "an age past the epoch deletes nothing"
+    );
     let output = gateway.remote(&["runs", "purge", "--older-than", "0s"]);
     assert!(output.status.success());
     assert!(run_ids_in(&gateway, "workflow=deliver").is_empty());
@@ -246,4 +252,78 @@ fn a_full_queue_answers_503_and_loses_nothing_already_accepted() {
         assert_eq!(record["state"], "dead_lettered", "{record}");
     }
     assert_eq!(gateway.post_json(&path, r#"{"n":4}"#).status, 202);
+}
+
+#[test]
+fn a_run_whose_last_attempt_a_crash_cut_short_is_dead_lettered() {
+    let backend = Backend::start(|_, _| Reply::Hang);
+    let config = config_with(&backend, "  workers: 1\n");
+    let once = DELIVER.replace("max_attempts: 3", "max_attempts: 1");
+    let mut gateway =
+        Gateway::custom(&[("gateway.yaml", &config), ("workflows/deliver.yaml", &once)]);
+    let accepted = gateway.post_json(&gateway.path("deliver"), r#"{"n":1}"#);
+    let run_id = accepted.json()["run_id"].as_str().unwrap().to_string();
+    backend.wait_for(1);
+    gateway.signal("KILL");
+
+    gateway.restart();
+    let record = gateway.wait_for_run(&run_id);
+    assert_eq!(record["state"], "dead_lettered", "{record}");
+    assert_eq!(record["error"]["code"], "attempts_exhausted");
+    let attempt = &record["attempts"][0];
+    assert!(
+        attempt["error"].as_str().unwrap().contains("interrupted"),
+        "{record}"
+    );
+    assert_eq!(
+        backend.requests().len(),
+        1,
+        "no attempt beyond the last one"
+    );
+}
+
+#[test]
+fn a_run_waiting_to_retry_leaves_its_worker_to_others() {
+    let backend = Backend::start(|_, _| {
+        Reply::Respond(429, vec![("retry-after".into(), "600".into())], Vec::new())
+    });
+    let config = config_with(&backend, "  workers: 1\n");
+    let quick = "id: quick\nresponse: accept\nmapping:\n  n: { pointer: /n }\n";
+    let gateway = Gateway::custom(&[
+        ("gateway.yaml", &config),
+        ("workflows/deliver.yaml", DELIVER),
+        ("workflows/quick.yaml", quick),
+    ]);
+    let patient = gateway.post_json(&gateway.path("deliver"), r#"{"n":1}"#);
+    backend.wait_for(1);
+    let answer = gateway.post_json(&gateway.path("quick"), r#"{"n":2}"#);
+    let record = gateway.wait_for_run(answer.json()["run_id"].as_str().unwrap());
+    assert_eq!(record["state"], "succeeded", "{record}");
+    let waiting = gateway.admin_get(&format!(
+        "/api/v1/runs/{}",
+        patient.json()["run_id"].as_str().unwrap()
+    ));
+    assert_eq!(waiting.json()["state"], "retrying");
+}
+
+#[test]
+fn a_second_gateway_cannot_take_a_state_folder_in_use() {
+    let gateway = Gateway::custom(&[("workflows/quick.yaml", "id: quick\n")]);
+    let output = std::process::Command::new(BINARY)
+        .args(["run", "--config"])
+        .arg(gateway.config_dir().join("gateway.yaml"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("WEBHOOK_GATEWAY_STATE_DIR", gateway.state_dir())
+        .env("WEBHOOK_GATEWAY_ADMIN_TOKEN", "")
+        .env("TEST_API_KEY", TEST_KEY)
+        .env("OTHER_API_KEY", OTHER_KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("in use by another running gateway"),
+        "{stderr}"
+    );
+    assert_eq!(gateway.post_json(&gateway.path("quick"), "{}").status, 200);
 }

@@ -195,6 +195,8 @@ pub struct Journal {
     path: PathBuf,
     changes: SyncSender<Command>,
     reader: Mutex<Connection>,
+    /// Dropped with the journal, which ends the checkpoint thread.
+    _stop_checkpoints: mpsc::Sender<()>,
 }
 
 fn millis(at: SystemTime) -> i64 {
@@ -231,6 +233,7 @@ CREATE TABLE IF NOT EXISTS runs (
     attempt_base INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs(workflow_id, run_id);
+CREATE INDEX IF NOT EXISTS runs_by_finish ON runs(finished_at);
 CREATE TABLE IF NOT EXISTS attempts (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     number INTEGER NOT NULL,
@@ -320,7 +323,17 @@ impl Journal {
         }
         let writer = open_connection(path).map_err(describe)?;
         writer.execute_batch(SCHEMA).map_err(describe)?;
+        // Checkpoints run on their own thread, not inside the writer's commits.
+        writer
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(describe)?;
         let reader = open_connection(path).map_err(describe)?;
+        let checkpointer = open_connection(path).map_err(describe)?;
+        let (stop_checkpoints, stopped) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("journal-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, stopped))
+            .map_err(|error| format!("cannot start the journal checkpointer: {error}"))?;
 
         let (changes, receiver) = mpsc::sync_channel(capacity);
         std::thread::Builder::new()
@@ -331,6 +344,7 @@ impl Journal {
             path: path.to_path_buf(),
             changes,
             reader: Mutex::new(reader),
+            _stop_checkpoints: stop_checkpoints,
         })
     }
 
@@ -514,7 +528,7 @@ impl RunJournal for Journal {
     fn close_interrupted_attempts(&self) -> Result<usize, String> {
         self.read(|db| {
             db.execute(
-                "UPDATE attempts SET error = 'interrupted: the gateway stopped during the attempt'
+                "UPDATE attempts SET error = 'interrupted: the gateway stopped before the attempt''s end was recorded'
                  WHERE duration_ms IS NULL AND error IS NULL AND status IS NULL",
                 [],
             )
@@ -565,27 +579,71 @@ impl RunJournal for Journal {
     }
 
     fn purge_older_than(&self, age: Duration, workflow_id: Option<&str>) -> Result<usize, String> {
-        let cutoff = now_ms() - age.as_millis() as i64;
-        self.read(|db| {
-            db.execute(
-                "DELETE FROM runs WHERE finished_at IS NOT NULL AND finished_at <= ?1
-                   AND state IN ('succeeded', 'rejected', 'failed', 'dead_lettered')
-                   AND (?2 IS NULL OR workflow_id = ?2)",
-                params![cutoff, workflow_id],
-            )
-        })
+        // An age beyond the epoch deletes nothing rather than wrapping around.
+        let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms().saturating_sub(age);
+        self.delete_in_slices(
+            "DELETE FROM runs WHERE run_id IN (
+               SELECT run_id FROM runs WHERE finished_at IS NOT NULL AND finished_at <= ?1
+                 AND state IN ('succeeded', 'rejected', 'failed', 'dead_lettered')
+                 AND (?2 IS NULL OR workflow_id = ?2)
+               LIMIT ?3)",
+            |db, sql| db.execute(sql, params![cutoff, workflow_id, DELETE_SLICE]),
+        )
     }
 
     fn trim_to(&self, keep: u64) -> Result<usize, String> {
-        self.read(|db| {
-            db.execute(
-                "DELETE FROM runs WHERE run_id IN (
-                   SELECT run_id FROM runs
-                   WHERE state IN ('succeeded', 'rejected', 'failed', 'dead_lettered')
-                   ORDER BY run_id DESC LIMIT -1 OFFSET ?1)",
-                [keep as i64],
+        let ended = self.read(|db| {
+            db.query_row(
+                "SELECT COUNT(*) FROM runs WHERE finished_at IS NOT NULL",
+                [],
+                |row| row.get::<_, i64>(0),
             )
-        })
+        })?;
+        let mut excess = ended.saturating_sub(i64::try_from(keep).unwrap_or(i64::MAX));
+        let mut deleted = 0;
+        // Those that ended longest ago go first, whenever they were accepted.
+        while excess > 0 {
+            let slice = excess.min(DELETE_SLICE);
+            let gone = self.read(|db| {
+                db.execute(
+                    "DELETE FROM runs WHERE run_id IN (
+                       SELECT run_id FROM runs WHERE finished_at IS NOT NULL
+                         AND state IN ('succeeded', 'rejected', 'failed', 'dead_lettered')
+                       ORDER BY finished_at, run_id LIMIT ?1)",
+                    [slice],
+                )
+            })?;
+            if gone == 0 {
+                break;
+            }
+            deleted += gone;
+            excess -= gone as i64;
+        }
+        Ok(deleted)
+    }
+}
+
+/// Rows one maintenance statement deletes at most, so that accepting runs waits for a
+/// slice, never for a whole purge.
+const DELETE_SLICE: i64 = 1_000;
+
+impl Journal {
+    /// Runs a `DELETE ... LIMIT` statement until it deletes nothing, releasing the database
+    /// between slices.
+    fn delete_in_slices(
+        &self,
+        sql: &str,
+        run: impl Fn(&Connection, &str) -> rusqlite::Result<usize>,
+    ) -> Result<usize, String> {
+        let mut deleted = 0;
+        loop {
+            let gone = self.read(|db| run(db, sql))?;
+            deleted += gone;
+            if gone < DELETE_SLICE as usize {
+                return Ok(deleted);
+            }
+        }
     }
 }
 
@@ -654,8 +712,26 @@ fn attempts_of(db: &Connection, run_id: &str) -> rusqlite::Result<Vec<Attempt>> 
 
 /// Takes every change waiting, writes them in one transaction, commits, then answers each.
 fn write_loop(mut db: Connection, changes: Receiver<Command>) {
-    while let Ok(first) = changes.recv() {
-        let mut batch = vec![first];
+    // Changes nobody waits for (an attempt's or a run's end) that failed to be written; they
+    // are tried again, first, until the journal takes them (a full disk gets room again).
+    let mut unwritten: Vec<Command> = Vec::new();
+    loop {
+        let mut batch: Vec<Command> = std::mem::take(&mut unwritten);
+        let next = if batch.is_empty() {
+            changes.recv().ok()
+        } else {
+            match changes.recv_timeout(RETRY_UNWRITTEN_AFTER) {
+                Ok(command) => Some(command),
+                // Nothing new: the batch is the unwritten changes alone.
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        };
+        match next {
+            Some(command) => batch.push(command),
+            None if batch.is_empty() => return,
+            None => {}
+        }
         while batch.len() < MOST_PER_COMMIT {
             match changes.try_recv() {
                 Ok(command) => batch.push(command),
@@ -665,15 +741,49 @@ fn write_loop(mut db: Connection, changes: Receiver<Command>) {
 
         let outcomes = write_batch(&mut db, &batch);
         for (command, outcome) in batch.into_iter().zip(outcomes) {
-            if let Err(error) = &outcome {
-                tracing::error!(journal.error = %error, "journal write failed");
-            }
-            if let Some(written) = command.written {
-                let _ = written.send(outcome);
+            match (outcome, command.written) {
+                (outcome, Some(written)) => {
+                    if let Err(error) = &outcome {
+                        tracing::error!(journal.error = %error, "journal write failed");
+                    }
+                    let _ = written.send(outcome);
+                }
+                (Ok(()), None) => {}
+                (Err(error), None) if unwritten.len() < MOST_UNWRITTEN => {
+                    tracing::warn!(journal.error = %error, "journal write failed; it will be tried again");
+                    unwritten.push(Command {
+                        change: command.change,
+                        written: None,
+                    });
+                }
+                (Err(error), None) => {
+                    tracing::error!(journal.error = %error, "journal write failed and dropped: too many wait already");
+                }
             }
         }
     }
 }
+
+/// Copies the write-ahead log into the database every [`CHECKPOINT_EVERY`], without blocking
+/// the writer, so the log stays small and commits never pay for a checkpoint.
+fn checkpoint_loop(db: Connection, stop: Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        let done = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            row.get::<_, i64>(0)
+        });
+        if let Err(error) = done {
+            tracing::warn!(journal.error = %error, "journal checkpoint failed");
+        }
+    }
+}
+
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// How long the writer waits for new changes before trying unwritten ones again.
+const RETRY_UNWRITTEN_AFTER: Duration = Duration::from_secs(1);
+
+/// Most failed changes kept for another try.
+const MOST_UNWRITTEN: usize = 100_000;
 
 /// One transaction for the whole batch; if it fails, each change alone, so that one bad
 /// change (a run id written twice) fails only its own caller.

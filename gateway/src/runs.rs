@@ -67,6 +67,8 @@ struct RunContext {
     connector: Connector,
     /// Runs written and not yet ended.
     unfinished: AtomicUsize,
+    /// One per worker: a run holds one while it executes, not while it waits to retry.
+    slots: Arc<Semaphore>,
 }
 
 /// The background pool for accepted runs.
@@ -88,12 +90,12 @@ impl RunPool {
             shared,
             connector: Connector::new(None),
             unfinished: AtomicUsize::new(0),
+            slots: Arc::new(Semaphore::new(settings.workers)),
         });
 
         // Unbounded because `unfinished` bounds it: a run enters only once it is counted.
         let (queue, receiver) = mpsc::unbounded_channel();
-        let slots = Arc::new(Semaphore::new(settings.workers));
-        runtime.spawn(dispatch(receiver, slots, Arc::clone(&context)));
+        runtime.spawn(dispatch(receiver, Arc::clone(&context)));
         Ok(Self {
             queue,
             context,
@@ -102,9 +104,11 @@ impl RunPool {
         })
     }
 
-    /// Writes the run to the journal and queues it; returns once it is durable. Refuses with
-    /// `overloaded` when too many runs are unfinished or the journal is saturated.
-    pub async fn submit(&self, job: Job, input: RunInput) -> Result<(), GatewayError> {
+    /// Writes a run to the journal; returns once it is durable. Refuses with `overloaded`
+    /// when too many runs are unfinished or the journal is saturated. The run starts only
+    /// when [`RunPool::run`] is given its job, so whatever must be settled before it can
+    /// end (its idempotency key) is settled first.
+    pub async fn record(&self, input: RunInput) -> Result<(), GatewayError> {
         let unfinished = &self.context.unfinished;
         let taken = unfinished.fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
             (count < self.capacity).then_some(count + 1)
@@ -127,8 +131,17 @@ impl RunPool {
                 }
             });
         }
-        self.enqueue(job);
         Ok(())
+    }
+
+    /// Starts a run [`RunPool::record`] wrote.
+    pub fn run(&self, job: Job) {
+        self.enqueue(job);
+    }
+
+    /// How many more runs may be unfinished now.
+    pub fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.unfinished())
     }
 
     /// Queues runs the journal already holds: unfinished ones at start, replayed ones later.
@@ -202,15 +215,12 @@ fn rebuild(
     })
 }
 
-/// Starts queued runs as slots free up. A run holds its slot until it ends, so at most
-/// `workers` run at once and the rest wait in the queue.
-async fn dispatch(
-    mut receiver: mpsc::UnboundedReceiver<Job>,
-    slots: Arc<Semaphore>,
-    context: Arc<RunContext>,
-) {
+/// Starts queued runs as slots free up. A run holds its slot while it executes and gives it
+/// back while it waits to retry, so at most `workers` execute at once and a backend that
+/// asks for patience holds up none of the other runs.
+async fn dispatch(mut receiver: mpsc::UnboundedReceiver<Job>, context: Arc<RunContext>) {
     loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+        let Ok(slot) = Arc::clone(&context.slots).acquire_owned().await else {
             return;
         };
         let Some(job) = receiver.recv().await else {
@@ -218,11 +228,13 @@ async fn dispatch(
         };
         let context = Arc::clone(&context);
         tokio::spawn(async move {
-            execute(&context, job).await;
-            drop(slot);
+            execute(&context, job, slot).await;
         });
     }
 }
+
+/// A worker slot, held while executing.
+type Slot = tokio::sync::OwnedSemaphorePermit;
 
 /// Why an attempt did not succeed.
 enum RunFailure {
@@ -238,7 +250,7 @@ enum RunFailure {
 }
 
 /// Executes a run and records how it ended.
-async fn execute(context: &Arc<RunContext>, job: Job) {
+async fn execute(context: &Arc<RunContext>, job: Job, slot: Slot) {
     let started = SystemTime::now();
     let outcome = if job.workflow.forward.is_none() {
         // One step whose effects stay in the gateway: no attempts to record, and a crash
@@ -248,7 +260,7 @@ async fn execute(context: &Arc<RunContext>, job: Job) {
             .map(|result| result.unwrap_or(Value::Null))
             .map_err(RunFailure::Final)
     } else {
-        deliver_with_retries(context, &job).await
+        deliver_with_retries(context, &job, slot).await
     };
     let key = job.idempotency_key.as_deref();
     end(context, &job.run_id, key, started, outcome);
@@ -257,7 +269,12 @@ async fn execute(context: &Arc<RunContext>, job: Job) {
 
 /// Makes attempts until one succeeds, one fails for good, or the workflow's attempts run
 /// out (the run is then dead-lettered). Each attempt is in the journal before it starts.
-async fn deliver_with_retries(context: &Arc<RunContext>, job: &Job) -> Result<Value, RunFailure> {
+async fn deliver_with_retries(
+    context: &Arc<RunContext>,
+    job: &Job,
+    slot: Slot,
+) -> Result<Value, RunFailure> {
+    let mut slot = Some(slot);
     let journal = context.shared.journal();
     let max_attempts = job
         .workflow
@@ -270,9 +287,15 @@ async fn deliver_with_retries(context: &Arc<RunContext>, job: &Job) -> Result<Va
 
     loop {
         if counted > max_attempts {
-            return Err(RunFailure::Final(GatewayError::AttemptsExhausted {
-                attempts: max_attempts,
-            }));
+            // The last attempt was cut short by a stop: the run is dead-lettered like any
+            // other whose attempts ran out, so a replay of dead letters finds it.
+            return Err(RunFailure::Retryable {
+                error: GatewayError::AttemptsExhausted {
+                    attempts: max_attempts,
+                },
+                retry_after: None,
+                detail: None,
+            });
         }
         if let Err(error) = journal.attempt_started(&job.run_id, number).await {
             // A delivery must be on record before it happens, or a crash could repeat it
@@ -322,7 +345,12 @@ async fn deliver_with_retries(context: &Arc<RunContext>, job: &Job) -> Result<Va
             .map_or(Duration::ZERO, |forward| forward.retry.backoff(counted));
         // A backend's Retry-After wins over the backoff schedule, up to an hour.
         let wait = retry_after.map_or(backoff, |asked| asked.min(MAX_RETRY_AFTER).max(backoff));
+        drop(slot.take());
         tokio::time::sleep(wait).await;
+        let Ok(again) = Arc::clone(&context.slots).acquire_owned().await else {
+            return Err(RunFailure::Final(GatewayError::Internal));
+        };
+        slot = Some(again);
     }
 }
 

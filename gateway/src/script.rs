@@ -365,7 +365,7 @@ fn check_limits(operations: u64) -> Option<Dynamic> {
     if held > limits.max_memory_bytes {
         return Some(Dynamic::from(MEMORY_TOKEN));
     }
-    if operations % 256 != 0 {
+    if !operations.is_multiple_of(256) {
         return None;
     }
     let now = Instant::now();

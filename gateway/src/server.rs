@@ -85,12 +85,15 @@ pub struct GatewayState {
     pub shared: Arc<dyn SharedState>,
     /// Requests in progress per API key, for their concurrency limits.
     pub key_gauges: KeyGauges,
+    /// Held for the life of the process: one gateway per state folder.
+    _state_lock: std::fs::File,
 }
 
 impl GatewayState {
     /// Resolves the URL secret, reads the saved activations, builds the first snapshot and
     /// starts the run pool.
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
+        let state_lock = lock_state_dir(&config.state_dir)?;
         let secret = UrlSecret::resolve(config.url_secret.as_deref(), &config.state_dir)
             .map_err(|error| format!("url secret in {}: {error}", config.state_dir.display()))?;
         let registry = Registry::open(&config.state_dir, config.samples)?;
@@ -110,7 +113,8 @@ impl GatewayState {
 
         let startup = StartupSettings::of(&config);
         let snapshot = build_snapshot(config, 1, None, &secret, &registry, control.handle())?;
-        resume_unfinished_runs(&runs, shared.journal(), &snapshot)?;
+        resume_unfinished_runs(&runs, shared.journal(), &snapshot)
+            .map_err(|error| format!("{}: {error}", journal_path.display()))?;
         Ok(Arc::new(Self {
             current: ArcSwap::from_pointee(snapshot),
             startup,
@@ -123,6 +127,7 @@ impl GatewayState {
             watched: Mutex::new(Vec::new()),
             shared,
             key_gauges: KeyGauges::default(),
+            _state_lock: state_lock,
         }))
     }
 
@@ -139,6 +144,27 @@ impl GatewayState {
 
 /// The run journal, in the state folder.
 pub const JOURNAL_FILE: &str = "runs.db";
+
+/// Takes the state folder for this process. Two gateways on one folder would each resume and
+/// deliver the other's runs; the lock goes with the process, however it ends.
+fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    let path = dir.join("gateway.lock");
+    std::fs::create_dir_all(dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "the state folder {} is in use by another running gateway",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(error)) => Err(format!("{}: {error}", path.display())),
+    }
+}
 
 /// Queues again the runs a previous process accepted and did not finish.
 fn resume_unfinished_runs(

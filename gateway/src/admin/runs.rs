@@ -72,6 +72,9 @@ fn redacted_input(input: &RunInput) -> Value {
 
 /// Puts one ended run back in the queue; its earlier attempts stay in its record.
 pub fn replay(state: &GatewayState, run_id: &str) -> Result<Reply, GatewayError> {
+    if state.runs.room() == 0 {
+        return Err(overloaded());
+    }
     let journal = state.shared.journal();
     let replayed = journal
         .replay(&[run_id.to_string()])
@@ -94,16 +97,35 @@ pub fn replay_dead_letters(state: &GatewayState, workflow_id: &str) -> Result<Re
     if state.snapshot().config.workflow(workflow_id).is_none() {
         return Err(GatewayError::UnknownWorkflow(workflow_id.to_string()));
     }
+    // As many as `runs.queue_capacity` has room for; the rest stay for another call.
+    let room = state.runs.room();
+    if room == 0 {
+        return Err(overloaded());
+    }
     let journal = state.shared.journal();
-    let dead = journal.dead_lettered(workflow_id).map_err(journal_failed)?;
+    let mut dead = journal.dead_lettered(workflow_id).map_err(journal_failed)?;
+    let left = dead.len().saturating_sub(room);
+    dead.truncate(room);
     let replayed = journal.replay(&dead).map_err(journal_failed)?;
     let run_ids: Vec<&str> = replayed
         .iter()
         .map(|run| run.input.run_id.as_str())
         .collect();
-    let body = json!({ "workflow_id": workflow_id, "replayed": run_ids.len(), "run_ids": run_ids });
+    let body = json!({
+        "workflow_id": workflow_id,
+        "replayed": run_ids.len(),
+        "run_ids": run_ids,
+        "left": left,
+    });
     resume(state, replayed);
     Ok(Reply::json(200, &body))
+}
+
+/// No room under `runs.queue_capacity` for a replayed run now.
+fn overloaded() -> GatewayError {
+    GatewayError::Overloaded {
+        retry_after_seconds: 1,
+    }
 }
 
 fn resume(state: &GatewayState, runs: Vec<Resumable>) {

@@ -181,8 +181,10 @@ impl Edge {
                 };
                 // A refused run never existed: its id must not reach the caller.
                 ctx.run_id = None;
-                // The key is kept before the run starts: a run that fails at once must find
-                // it, to forget it.
+                // Durable first; then the key is kept, and only then does the run start, so
+                // a repeat never hears of a run that is not written, and a run that fails at
+                // once finds its key to forget it. Nothing awaits between those last steps.
+                self.state.runs.record(input).await?;
                 let idempotency_key = pending_key.map(|pending| {
                     let key = pending.key().to_string();
                     pending.keep(FirstAnswer {
@@ -194,7 +196,7 @@ impl Edge {
                     });
                     key
                 });
-                let job = Job {
+                self.state.runs.run(Job {
                     run_id: run_id.clone(),
                     request_id: ctx.request_id.clone(),
                     workflow,
@@ -205,14 +207,8 @@ impl Edge {
                     backends: Arc::clone(&snapshot.backends),
                     attempts_recorded: 0,
                     attempts_counted: 0,
-                    idempotency_key: idempotency_key.clone(),
-                };
-                if let Err(error) = self.state.runs.submit(job, input).await {
-                    if let Some(key) = &idempotency_key {
-                        self.state.shared.forget_run(key, &run_id);
-                    }
-                    return Err(error);
-                }
+                    idempotency_key,
+                });
                 ctx.run_id = Some(run_id.clone());
                 let accepted = json!({ "run_id": run_id, "status": "accepted" });
                 Ok(Answer::Reply(
