@@ -149,14 +149,17 @@ impl RunPool {
     pub fn resume(&self, config: &Config, backends: &Arc<Backends>, runs: Vec<Resumable>) {
         for run in runs {
             self.context.unfinished.fetch_add(1, Ordering::AcqRel);
-            let input = &run.input;
             match rebuild(config, backends, &run) {
                 Ok(job) => self.enqueue(job),
                 Err(error) => {
-                    let context = Arc::clone(&self.context);
-                    let run_id = input.run_id.clone();
                     let failure = Err(RunFailure::Final(error));
-                    end(&context, &run_id, None, SystemTime::now(), failure);
+                    end(
+                        &self.context,
+                        &run.input.run_id,
+                        None,
+                        SystemTime::now(),
+                        failure,
+                    );
                 }
             }
         }
