@@ -29,7 +29,7 @@ use crate::routing::UrlKind;
 use crate::runs::{new_run_id, Job};
 use crate::script::Timing;
 use crate::server::{GatewayState, Snapshot};
-use crate::shared_state::FirstAnswer;
+use crate::shared_state::{FirstAnswer, PendingKey};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use intake::{admit, claim_key, repeat_reply, Keyed};
@@ -179,25 +179,8 @@ impl Edge {
                     query: journaled_query(request.uri.query(), &workflow),
                     body: body.to_vec(),
                 };
-                // A refused run never existed: its id must not reach the caller.
-                ctx.run_id = None;
-                // Durable first; then the key is kept, and only then does the run start, so
-                // a repeat never hears of a run that is not written, and a run that fails at
-                // once finds its key to forget it. Nothing awaits between those last steps.
-                self.state.runs.record(input).await?;
-                let idempotency_key = pending_key.map(|pending| {
-                    let key = pending.key().to_string();
-                    pending.keep(FirstAnswer {
-                        run_id: Some(run_id.clone()),
-                        status: 202,
-                        content_type: None,
-                        content_encoding: None,
-                        body: None,
-                    });
-                    key
-                });
-                self.state.runs.run(Job {
-                    run_id: run_id.clone(),
+                let job = Job {
+                    run_id,
                     request_id: ctx.request_id.clone(),
                     workflow,
                     prepared,
@@ -207,13 +190,9 @@ impl Edge {
                     backends: Arc::clone(&snapshot.backends),
                     attempts_recorded: 0,
                     attempts_counted: 0,
-                    idempotency_key,
-                });
-                ctx.run_id = Some(run_id.clone());
-                let accepted = json!({ "run_id": run_id, "status": "accepted" });
-                Ok(Answer::Reply(
-                    Reply::json(202, &accepted).with_header("x-run-id", run_id),
-                ))
+                    idempotency_key: None,
+                };
+                self.accept(job, input, pending_key, ctx).await
             }
             ResponseMode::ReturnResults if workflow.forward.is_some() => {
                 let exchange = self
@@ -237,6 +216,42 @@ impl Edge {
                 Ok(Answer::Reply(reply.with_header("x-run-id", run_id)))
             }
         }
+    }
+
+    /// Writes the run to the journal, keeps its idempotency key, starts it and answers 202.
+    /// Durable first; then the key is kept, and only then does the run start, so a repeat
+    /// never hears of a run that is not written, and a run that fails at once finds its key
+    /// to forget it. Nothing awaits between those last steps.
+    async fn accept(
+        &self,
+        mut job: Job,
+        input: RunInput,
+        pending_key: Option<PendingKey>,
+        ctx: &mut RequestContext,
+    ) -> Result<Answer, GatewayError> {
+        let run_id = job.run_id.clone();
+        // A refused run never existed: its id must not reach the caller.
+        ctx.run_id = None;
+        self.state.runs.record(input).await?;
+
+        job.idempotency_key = pending_key.map(|pending| {
+            let key = pending.key().to_string();
+            pending.keep(FirstAnswer {
+                run_id: Some(run_id.clone()),
+                status: 202,
+                content_type: None,
+                content_encoding: None,
+                body: None,
+            });
+            key
+        });
+        self.state.runs.run(job);
+
+        ctx.run_id = Some(run_id.clone());
+        let accepted = json!({ "run_id": run_id, "status": "accepted" });
+        Ok(Answer::Reply(
+            Reply::json(202, &accepted).with_header("x-run-id", run_id),
+        ))
     }
 
     /// Runs the script, if any, then sends the run to the backend and waits for its answer's
