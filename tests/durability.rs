@@ -245,6 +245,12 @@ fn a_full_queue_answers_503_and_loses_nothing_already_accepted() {
         (503, "overloaded".into())
     );
     assert_eq!(refused.header("retry-after"), Some("1"));
+    let replay = gateway.admin_send("POST", "/api/v1/workflows/deliver/dead-letters/replay");
+    assert_eq!(
+        (replay.status, replay.error_code()),
+        (503, "overloaded".into()),
+        "replays wait for room too"
+    );
 
     // Both accepted runs end (their backend never answers: dead letters), then room is back.
     for answer in [&first, &second] {
