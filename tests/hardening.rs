@@ -213,3 +213,26 @@ fn keys_generate_refuses_a_name_that_would_break_the_config() {
         assert!(!output.status.success(), "{name:?}");
     }
 }
+
+#[test]
+fn an_error_names_the_request_id_a_caller_can_quote() {
+    let gateway = Gateway::custom(&[("workflows/echo.yaml", "id: echo\n")]);
+    let path = gateway.path("echo");
+
+    let offered = gateway.send(
+        &Request::post(&path, "{not json")
+            .header("x-api-key", TEST_KEY)
+            .header("x-request-id", "ticket-4711"),
+    );
+    assert_eq!(offered.status, 400);
+    assert_eq!(offered.header("x-request-id"), Some("ticket-4711"));
+    assert_eq!(offered.json()["error"]["request_id"], "ticket-4711");
+
+    // An id that is not a plain token is replaced by a new one, the same in header and body.
+    let replaced =
+        gateway.send(&Request::post(&path, "{}").header("x-request-id", "bad id with spaces"));
+    assert_eq!(replaced.status, 401);
+    let generated = replaced.header("x-request-id").unwrap().to_string();
+    assert_ne!(generated, "bad id with spaces");
+    assert_eq!(replaced.json()["error"]["request_id"], generated.as_str());
+}

@@ -33,9 +33,14 @@ impl Reply {
         }
     }
 
-    /// The JSON error response for `error`, with its status and headers.
-    pub fn error(error: &GatewayError, run_id: Option<&str>) -> Self {
-        let mut reply = Self::json(error.status(), &error.to_json(run_id));
+    /// The JSON error response for `error`, with its status and headers, naming the run and
+    /// the request when there are some, so a caller can quote them when asking what happened.
+    pub fn error(error: &GatewayError, run_id: Option<&str>, request_id: Option<&str>) -> Self {
+        let mut body = error.to_json(run_id);
+        if let Some(request_id) = request_id {
+            body["error"]["request_id"] = Value::String(request_id.to_string());
+        }
+        let mut reply = Self::json(error.status(), &body);
         reply.headers.extend(error.extra_headers());
         if let Some(run_id) = run_id {
             reply.headers.push(("x-run-id", run_id.to_string()));

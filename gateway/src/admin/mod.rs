@@ -331,7 +331,7 @@ impl ServeHttp for AdminApi {
         let reply = self
             .answer(session)
             .await
-            .unwrap_or_else(|error| Reply::error(&error, None));
+            .unwrap_or_else(|error| Reply::error(&error, None, None));
         let head_only = session.req_header().method == Method::HEAD;
         into_response(reply, head_only)
     }

@@ -551,7 +551,7 @@ impl ProxyHttp for Edge {
             Ok(Answer::Reply(reply)) => reply,
             Err(error) => {
                 ctx.error_code = Some(error.code());
-                Reply::error(&error, ctx.run_id.as_deref())
+                Reply::error(&error, ctx.run_id.as_deref(), Some(&ctx.request_id))
             }
         };
         ctx.status = reply.status;
