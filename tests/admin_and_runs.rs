@@ -87,3 +87,43 @@ fn unknown_run_and_unknown_admin_path_are_404() {
         "not_found"
     );
 }
+
+#[test]
+fn metrics_count_requests_by_workflow_and_status_class() {
+    let gateway = Gateway::custom(&[
+        ("workflows/echo.yaml", "id: echo\n"),
+        ("workflows/later.yaml", "id: later\nresponse: accept\n"),
+    ]);
+    assert_eq!(gateway.post_json(&gateway.path("echo"), "{}").status, 200);
+    assert_eq!(gateway.post_json(&gateway.path("echo"), "{").status, 400);
+    let unauthorized = gateway.send(&Request::post(&gateway.path("echo"), "{}"));
+    assert_eq!(unauthorized.status, 401);
+
+    let anonymous = send(gateway.admin_port, &Request::new("GET", "/metrics"));
+    assert_eq!(anonymous.status, 401, "metrics need the admin token");
+    let metrics = gateway.admin_get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = metrics.text();
+    for line in [
+        "webhook_gateway_requests_total{workflow=\"echo\",class=\"2xx\"} 1",
+        "webhook_gateway_requests_total{workflow=\"echo\",class=\"4xx\"} 2",
+        "webhook_gateway_requests_total{workflow=\"later\",class=\"2xx\"} 0",
+        "webhook_gateway_requests_in_flight{workflow=\"echo\"} 0",
+        "webhook_gateway_workflows 2",
+        "webhook_gateway_config_version 1",
+        "# TYPE webhook_gateway_runs_unfinished gauge",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains(&gateway.path("echo")),
+        "no paths (and their tokens) as labels"
+    );
+}

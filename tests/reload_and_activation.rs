@@ -356,6 +356,7 @@ fn the_openapi_document_describes_every_endpoint() {
     let expected = [
         ("/healthz", "get"),
         ("/readyz", "get"),
+        ("/metrics", "get"),
         ("/api/v1/workflows", "get"),
         ("/api/v1/workflows/{id}", "get"),
         ("/api/v1/workflows/{id}/activate", "post"),
@@ -379,7 +380,7 @@ fn the_openapi_document_describes_every_endpoint() {
             "{method} {path} is not documented"
         );
     }
-    assert_eq!(paths.len(), 16, "no undocumented or stale paths");
+    assert_eq!(paths.len(), 17, "no undocumented or stale paths");
 }
 
 #[test]

@@ -82,23 +82,44 @@ impl Counters {
         self.last_request_ms.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// The counts as they stand now.
+    pub fn read(&self) -> CounterValues {
+        CounterValues {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            test_requests: self.test_requests.load(Ordering::Relaxed),
+            by_class: std::array::from_fn(|index| self.by_class[index].load(Ordering::Relaxed)),
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
-        let class = |index: usize| self.by_class[index].load(Ordering::Relaxed);
+        let values = self.read();
+        let class = |index: usize| values.by_class[index];
         let last = self.last_request_ms.load(Ordering::Relaxed);
         let last_request_at = (last > 0).then(|| {
             let at = UNIX_EPOCH + std::time::Duration::from_millis(last);
             humantime::format_rfc3339_millis(at).to_string()
         });
         serde_json::json!({
-            "in_flight": self.in_flight.load(Ordering::Relaxed),
-            "requests": self.requests.load(Ordering::Relaxed),
-            "test_requests": self.test_requests.load(Ordering::Relaxed),
+            "in_flight": values.in_flight,
+            "requests": values.requests,
+            "test_requests": values.test_requests,
             "by_status_class": {
                 "1xx": class(0), "2xx": class(1), "3xx": class(2), "4xx": class(3), "5xx": class(4)
             },
             "last_request_at": last_request_at,
         })
     }
+}
+
+/// One reading of a workflow's [`Counters`].
+#[derive(Debug, Clone, Copy)]
+pub struct CounterValues {
+    pub in_flight: u64,
+    pub requests: u64,
+    pub test_requests: u64,
+    /// 1xx to 5xx, production and test URLs together.
+    pub by_class: [u64; 5],
 }
 
 /// An activation set through the admin API.

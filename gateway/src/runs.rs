@@ -139,6 +139,11 @@ impl RunPool {
         self.enqueue(job);
     }
 
+    /// How many runs may be unfinished at once (`runs.queue_capacity`).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// How many more runs may be unfinished now.
     pub fn room(&self) -> usize {
         self.capacity.saturating_sub(self.unfinished())

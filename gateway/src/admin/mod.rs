@@ -7,6 +7,7 @@
 //! started at all. `/healthz` and `/readyz` answer without a token, for probes, and reveal
 //! nothing. Answers use the same JSON error shape as the webhook listener.
 
+mod metrics;
 mod runs;
 mod views;
 
@@ -72,6 +73,11 @@ impl AdminApi {
             ));
         }
 
+        if path == "/metrics" {
+            return only(&request.method, Method::GET, || {
+                Ok(metrics::render(&self.state))
+            });
+        }
         let rest = path
             .strip_prefix("/api/v1/")
             .ok_or_else(|| GatewayError::UnknownEndpoint(path.to_string()))?;
