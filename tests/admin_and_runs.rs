@@ -93,7 +93,13 @@ fn metrics_count_requests_by_workflow_and_status_class() {
     let gateway = Gateway::custom(&[
         ("workflows/echo.yaml", "id: echo\n"),
         ("workflows/later.yaml", "id: later\nresponse: accept\n"),
+        ("workflows/broken.yaml", "id: broken\nscript: broken.rhai\n"),
+        ("scripts/broken.rhai", "throw \"boom\";"),
+        ("workflows/spin.yaml", "id: spin\nscript: spin.rhai\n"),
+        ("scripts/spin.rhai", "loop { }"),
     ]);
+    assert_eq!(gateway.post_json(&gateway.path("broken"), "{}").status, 500);
+    assert_eq!(gateway.post_json(&gateway.path("spin"), "{}").status, 504);
     assert_eq!(gateway.post_json(&gateway.path("echo"), "{}").status, 200);
     assert_eq!(gateway.post_json(&gateway.path("echo"), "{").status, 400);
     let unauthorized = gateway.send(&Request::post(&gateway.path("echo"), "{}"));
@@ -113,7 +119,10 @@ fn metrics_count_requests_by_workflow_and_status_class() {
         "webhook_gateway_requests_total{workflow=\"echo\",class=\"4xx\"} 2",
         "webhook_gateway_requests_total{workflow=\"later\",class=\"2xx\"} 0",
         "webhook_gateway_requests_in_flight{workflow=\"echo\"} 0",
-        "webhook_gateway_workflows 2",
+        "webhook_gateway_workflows 4",
+        "webhook_gateway_script_failures_total{workflow=\"broken\",kind=\"error\"} 1",
+        "webhook_gateway_script_failures_total{workflow=\"spin\",kind=\"timeout\"} 1",
+        "webhook_gateway_script_failures_total{workflow=\"echo\",kind=\"error\"} 0",
         "webhook_gateway_config_version 1",
         "# TYPE webhook_gateway_runs_unfinished gauge",
     ] {

@@ -56,6 +56,9 @@ pub struct Counters {
     requests: AtomicU64,
     by_class: [AtomicU64; 5],
     test_requests: AtomicU64,
+    /// Requests whose script failed (`script_error`) or ran out of time (`script_timeout`).
+    script_errors: AtomicU64,
+    script_timeouts: AtomicU64,
     last_request_ms: AtomicU64,
 }
 
@@ -65,8 +68,16 @@ impl Counters {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one answered request.
-    pub fn record(&self, status: u16, test: bool) {
+    /// Counts one answered request, with the error code it ended with, if any.
+    pub fn record(&self, status: u16, test: bool, error_code: Option<&str>) {
+        let script_failure = match error_code {
+            Some("script_error") => Some(&self.script_errors),
+            Some("script_timeout") => Some(&self.script_timeouts),
+            _ => None,
+        };
+        if let Some(counter) = script_failure {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let counter = if test {
             &self.test_requests
@@ -89,6 +100,8 @@ impl Counters {
             requests: self.requests.load(Ordering::Relaxed),
             test_requests: self.test_requests.load(Ordering::Relaxed),
             by_class: std::array::from_fn(|index| self.by_class[index].load(Ordering::Relaxed)),
+            script_errors: self.script_errors.load(Ordering::Relaxed),
+            script_timeouts: self.script_timeouts.load(Ordering::Relaxed),
         }
     }
 
@@ -120,6 +133,8 @@ pub struct CounterValues {
     pub test_requests: u64,
     /// 1xx to 5xx, production and test URLs together.
     pub by_class: [u64; 5],
+    pub script_errors: u64,
+    pub script_timeouts: u64,
 }
 
 /// An activation set through the admin API.

@@ -52,6 +52,24 @@ pub fn render(state: &GatewayState) -> Reply {
     }
     family(
         &mut text,
+        "webhook_gateway_script_failures_total",
+        "counter",
+        "Requests whose script failed (kind=\"error\") or ran out of time or operations (kind=\"timeout\"); accepted runs are not counted here.",
+    );
+    for (id, values) in &workflows {
+        let failures = [
+            ("error", values.script_errors),
+            ("timeout", values.script_timeouts),
+        ];
+        for (kind, count) in failures {
+            let _ = writeln!(
+                text,
+                "webhook_gateway_script_failures_total{{workflow=\"{id}\",kind=\"{kind}\"}} {count}"
+            );
+        }
+    }
+    family(
+        &mut text,
         "webhook_gateway_requests_in_flight",
         "gauge",
         "Requests routed to a workflow and not yet answered.",

@@ -69,8 +69,8 @@ impl RequestContext {
     /// goes out, so that anyone who has the answer also sees it counted.
     fn count(&mut self) {
         if let (Some(live), false) = (&self.live, self.counted) {
-            live.counters
-                .record(self.status, self.url_kind == UrlKind::Test);
+            let test = self.url_kind == UrlKind::Test;
+            live.counters.record(self.status, test, self.error_code);
             self.counted = true;
         }
     }
