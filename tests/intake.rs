@@ -27,17 +27,6 @@ fn check_refuses(dir: &ConfigDir) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "waited too long: {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn a_workflow_rate_limit_answers_429_with_retry_after() {
     let workflow = "id: limited\nlimits:\n  rate_per_second: 0.001\n  burst: 2\n";

@@ -3,22 +3,26 @@
 //! client address is ever a label.
 
 use crate::http_reply::Reply;
+use crate::registry::CounterValues;
 use crate::server::GatewayState;
 use std::fmt::Write as _;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// A family with samples for every workflow: name, type, help, and each sample's labels
+/// after `workflow` with its value.
+type PerWorkflow<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a dyn Fn(&CounterValues) -> Vec<(String, u64)>,
+);
+
 pub fn render(state: &GatewayState) -> Reply {
     let snapshot = state.snapshot();
     let mut text = String::new();
 
-    family(
-        &mut text,
-        "webhook_gateway_requests_total",
-        "counter",
-        "Requests answered on a workflow's URLs (production and test), by status class.",
-    );
-    let workflows: Vec<_> = snapshot
+    let workflows: Vec<(&str, CounterValues)> = snapshot
         .config
         .workflows
         .iter()
@@ -29,57 +33,50 @@ pub fn render(state: &GatewayState) -> Reply {
             ))
         })
         .collect();
-    for (id, values) in &workflows {
-        for (class, count) in CLASSES.iter().zip(values.by_class) {
-            let _ = writeln!(
-                text,
-                "webhook_gateway_requests_total{{workflow=\"{id}\",class=\"{class}\"}} {count}"
-            );
+    let families: [PerWorkflow; 4] = [
+        (
+            "webhook_gateway_requests_total",
+            "counter",
+            "Requests answered on a workflow's URLs (production and test), by status class.",
+            &|values| {
+                CLASSES
+                    .iter()
+                    .zip(values.by_class)
+                    .map(|(class, count)| (format!(",class=\"{class}\""), count))
+                    .collect()
+            },
+        ),
+        (
+            "webhook_gateway_test_requests_total",
+            "counter",
+            "Requests answered on a workflow's test URL.",
+            &|values| vec![(String::new(), values.test_requests)],
+        ),
+        (
+            "webhook_gateway_script_failures_total",
+            "counter",
+            "Requests whose script failed (kind=\"error\") or ran out of time or operations (kind=\"timeout\"); accepted runs are not counted here.",
+            &|values| {
+                vec![
+                    (",kind=\"error\"".to_string(), values.script_errors),
+                    (",kind=\"timeout\"".to_string(), values.script_timeouts),
+                ]
+            },
+        ),
+        (
+            "webhook_gateway_requests_in_flight",
+            "gauge",
+            "Requests routed to a workflow and not yet answered.",
+            &|values| vec![(String::new(), values.in_flight)],
+        ),
+    ];
+    for (name, kind, help, samples) in families {
+        family(&mut text, name, kind, help);
+        for (id, values) in &workflows {
+            for (labels, value) in samples(values) {
+                let _ = writeln!(text, "{name}{{workflow=\"{id}\"{labels}}} {value}");
+            }
         }
-    }
-    family(
-        &mut text,
-        "webhook_gateway_test_requests_total",
-        "counter",
-        "Requests answered on a workflow's test URL.",
-    );
-    for (id, values) in &workflows {
-        let _ = writeln!(
-            text,
-            "webhook_gateway_test_requests_total{{workflow=\"{id}\"}} {}",
-            values.test_requests
-        );
-    }
-    family(
-        &mut text,
-        "webhook_gateway_script_failures_total",
-        "counter",
-        "Requests whose script failed (kind=\"error\") or ran out of time or operations (kind=\"timeout\"); accepted runs are not counted here.",
-    );
-    for (id, values) in &workflows {
-        let failures = [
-            ("error", values.script_errors),
-            ("timeout", values.script_timeouts),
-        ];
-        for (kind, count) in failures {
-            let _ = writeln!(
-                text,
-                "webhook_gateway_script_failures_total{{workflow=\"{id}\",kind=\"{kind}\"}} {count}"
-            );
-        }
-    }
-    family(
-        &mut text,
-        "webhook_gateway_requests_in_flight",
-        "gauge",
-        "Requests routed to a workflow and not yet answered.",
-    );
-    for (id, values) in &workflows {
-        let _ = writeln!(
-            text,
-            "webhook_gateway_requests_in_flight{{workflow=\"{id}\"}} {}",
-            values.in_flight
-        );
     }
 
     let gauges = [
