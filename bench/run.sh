@@ -3,6 +3,7 @@
 #
 #   bench/run.sh                 # all scenarios, 8 s each
 #   DURATION=15 bench/run.sh     # longer runs
+#   SCENARIOS="journal" bench/run.sh   # some of: inline forward journal workflows
 #
 # Scenarios (each the same 1 KB JSON POST with keep-alive, wrk: 1 thread, 32 connections):
 #   inline   gateway: API key + JSON Schema + 6-variable mapping + small script, result returned
@@ -22,6 +23,8 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-8}
 CONNECTIONS=${CONNECTIONS:-32}
+SCENARIOS=${SCENARIOS:-inline forward journal workflows}
+wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 LOAD_CPU=${LOAD_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
 
@@ -212,6 +215,7 @@ echo "webhook-gateway vs nginx: ${DURATION}s per run, ${CONNECTIONS} connections
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 printf '%-9s %14s %10s %14s %10s %12s\n' scenario gateway_rps p99_ms nginx_rps p99_ms rps_ratio
 for scenario in inline forward; do
+  wants "$scenario" || continue
   if [ "$scenario" = inline ]; then gateway_url=$INLINE_URL; else gateway_url=$FORWARD_URL; fi
   read -r g_rps g_p99 < <(measure "$gateway_url")
   read -r n_rps n_p99 < <(measure "http://127.0.0.1:$NGINX_PORT/$scenario")
@@ -222,16 +226,18 @@ done
 # The journal's cost: the same workflow accepted (journaled, 202, run in the background)
 # against answered inline, measured again just before so that both come from the same minute.
 # Sync goes first: accepted runs left running would take CPU from whatever comes next.
-read -r s_rps s_p99 < <(measure "$INLINE_URL")
-read -r a_rps a_p99 < <(measure "$ACCEPT_URL")
-echo
-printf '%-9s %14s %10s %14s %10s %12s\n' scenario accept_rps p99_ms sync_rps p99_ms rps_ratio
-ratio=$(python3 -c "print(round($a_rps / $s_rps, 2))")
-printf '%-9s %14s %10s %14s %10s %12s\n' journal "$a_rps" "$a_p99" "$s_rps" "$s_p99" "$ratio"
-runs_left=$(python3 - "$WORK/gateway/state/runs.db" <<'PY'
+if wants journal; then
+  read -r s_rps s_p99 < <(measure "$INLINE_URL")
+  read -r a_rps a_p99 < <(measure "$ACCEPT_URL")
+  echo
+  printf '%-9s %14s %10s %14s %10s %12s\n' scenario accept_rps p99_ms sync_rps p99_ms rps_ratio
+  ratio=$(python3 -c "print(round($a_rps / $s_rps, 2))")
+  printf '%-9s %14s %10s %14s %10s %12s\n' journal "$a_rps" "$a_p99" "$s_rps" "$s_p99" "$ratio"
+  runs_left=$(python3 - "$WORK/gateway/state/runs.db" <<'PY'
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
 print(db.execute("select count(*) from runs where state not in ('succeeded')").fetchone()[0])
 PY
-)
-echo "journaled runs not (yet) succeeded when the load stopped: $runs_left"
+  )
+  echo "journaled runs not (yet) succeeded when the load stopped: $runs_left"
+fi

@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 /// Most changes one transaction takes; more wait for the next one.
@@ -711,26 +711,32 @@ fn attempts_of(db: &Connection, run_id: &str) -> rusqlite::Result<Vec<Attempt>> 
 }
 
 /// Takes every change waiting, writes them in one transaction, commits, then answers each.
+///
+/// Changes nobody waits for (an attempt's end, a run's end) are held back for up to
+/// [`HOLD_UNAWAITED_FOR`] and committed with the next change someone waits for: under load
+/// that halves the commits, each of which costs an fsync and a rewrite of the pages it
+/// touches. A crash inside that window loses only ends, and a run whose end is lost is run
+/// again at the next start, with any attempt it made on record as interrupted.
 fn write_loop(mut db: Connection, changes: Receiver<Command>) {
-    // Changes nobody waits for (an attempt's or a run's end) that failed to be written; they
-    // are tried again, first, until the journal takes them (a full disk gets room again).
-    let mut unwritten: Vec<Command> = Vec::new();
+    // Changes nobody waits for, not yet written: held back, or failed and to be tried again
+    // (a full disk gets room again).
+    let mut held: Vec<Command> = Vec::new();
+    let mut flush_at: Option<Instant> = None;
     loop {
-        let mut batch: Vec<Command> = std::mem::take(&mut unwritten);
-        let next = if batch.is_empty() {
-            changes.recv().ok()
-        } else {
-            match changes.recv_timeout(RETRY_UNWRITTEN_AFTER) {
-                Ok(command) => Some(command),
-                // Nothing new: the batch is the unwritten changes alone.
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            }
+        let next = match flush_at {
+            None => changes
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(at) => changes.recv_timeout(at.saturating_duration_since(Instant::now())),
         };
+        let mut batch: Vec<Command> = Vec::new();
         match next {
-            Some(command) => batch.push(command),
-            None if batch.is_empty() => return,
-            None => {}
+            Ok(command) => batch.push(command),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                write_and_answer(&mut db, std::mem::take(&mut held));
+                return;
+            }
         }
         while batch.len() < MOST_PER_COMMIT {
             match changes.try_recv() {
@@ -739,29 +745,51 @@ fn write_loop(mut db: Connection, changes: Receiver<Command>) {
             }
         }
 
-        let outcomes = write_batch(&mut db, &batch);
-        for (command, outcome) in batch.into_iter().zip(outcomes) {
-            match (outcome, command.written) {
-                (outcome, Some(written)) => {
-                    if let Err(error) = &outcome {
-                        tracing::error!(journal.error = %error, "journal write failed");
-                    }
-                    let _ = written.send(outcome);
+        let awaited = batch.iter().any(|command| command.written.is_some());
+        let due = flush_at.is_some_and(|at| at <= Instant::now());
+        if !awaited && !due && held.len() + batch.len() < MOST_PER_COMMIT {
+            held.append(&mut batch);
+            flush_at.get_or_insert_with(|| Instant::now() + HOLD_UNAWAITED_FOR);
+            continue;
+        }
+
+        held.append(&mut batch);
+        let failed = write_and_answer(&mut db, std::mem::take(&mut held));
+        flush_at = (!failed.is_empty()).then(|| Instant::now() + RETRY_UNWRITTEN_AFTER);
+        held = failed;
+    }
+}
+
+/// Writes a batch, answers whoever waits, and gives back the unawaited changes that failed,
+/// to be tried again.
+fn write_and_answer(db: &mut Connection, batch: Vec<Command>) -> Vec<Command> {
+    let mut failed = Vec::new();
+    if batch.is_empty() {
+        return failed;
+    }
+    let outcomes = write_batch(db, &batch);
+    for (command, outcome) in batch.into_iter().zip(outcomes) {
+        match (outcome, command.written) {
+            (outcome, Some(written)) => {
+                if let Err(error) = &outcome {
+                    tracing::error!(journal.error = %error, "journal write failed");
                 }
-                (Ok(()), None) => {}
-                (Err(error), None) if unwritten.len() < MOST_UNWRITTEN => {
-                    tracing::warn!(journal.error = %error, "journal write failed; it will be tried again");
-                    unwritten.push(Command {
-                        change: command.change,
-                        written: None,
-                    });
-                }
-                (Err(error), None) => {
-                    tracing::error!(journal.error = %error, "journal write failed and dropped: too many wait already");
-                }
+                let _ = written.send(outcome);
+            }
+            (Ok(()), None) => {}
+            (Err(error), None) if failed.len() < MOST_UNWRITTEN => {
+                tracing::warn!(journal.error = %error, "journal write failed; it will be tried again");
+                failed.push(Command {
+                    change: command.change,
+                    written: None,
+                });
+            }
+            (Err(error), None) => {
+                tracing::error!(journal.error = %error, "journal write failed and dropped: too many wait already");
             }
         }
     }
+    failed
 }
 
 /// Copies the write-ahead log into the database every [`CHECKPOINT_EVERY`], without blocking
@@ -778,6 +806,9 @@ fn checkpoint_loop(db: Connection, stop: Receiver<()>) {
 }
 
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Longest a change nobody waits for is held back to share a later commit.
+const HOLD_UNAWAITED_FOR: Duration = Duration::from_millis(20);
 
 /// How long the writer waits for new changes before trying unwritten ones again.
 const RETRY_UNWRITTEN_AFTER: Duration = Duration::from_secs(1);
@@ -954,6 +985,40 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("interrupted"));
+    }
+
+    #[test]
+    fn an_end_nobody_waits_for_is_written_without_a_later_change_and_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db");
+        let succeeded = || Outcome {
+            state: RunState::Succeeded,
+            started: SystemTime::now(),
+            result: None,
+            error: None,
+        };
+        let journal = Journal::open(&path, 16).unwrap();
+        block_on(journal.append(input("held"))).unwrap();
+        journal.finish("held", succeeded());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while journal.get("held").unwrap().unwrap().state != RunState::Succeeded {
+            assert!(
+                Instant::now() < deadline,
+                "the held end was never committed"
+            );
+            std::thread::yield_now();
+        }
+
+        // An end still held when the journal closes is written before the writer stops.
+        block_on(journal.append(input("closing"))).unwrap();
+        journal.finish("closing", succeeded());
+        drop(journal);
+        let reopened = Journal::open(&path, 16).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reopened.get("closing").unwrap().unwrap().state != RunState::Succeeded {
+            assert!(Instant::now() < deadline, "the held end was lost on close");
+            std::thread::yield_now();
+        }
     }
 
     #[test]

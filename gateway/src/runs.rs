@@ -82,7 +82,7 @@ pub struct RunPool {
 impl RunPool {
     pub fn start(settings: &RunSettings, shared: Arc<dyn SharedState>) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(settings.threads)
             .thread_name("runs")
             .enable_all()
             .build()?;

@@ -198,8 +198,12 @@ impl Default for SandboxFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunsFile {
-    /// Threads that execute accepted runs.
+    /// Runs that may execute at once (a run waiting to retry does not count).
     pub workers: usize,
+    /// Threads of the runtime that executes accepted runs. Their work is mostly waiting on
+    /// backends, and a script past its first 2 ms moves to a blocking thread, so one thread
+    /// carries many runs; each more thread costs wake-ups that the request threads feel.
+    pub threads: usize,
     /// Accepted runs that may be unfinished at once; past this, requests get 503.
     pub queue_capacity: usize,
     /// Ended runs kept in the journal; the oldest go first.
@@ -214,6 +218,7 @@ impl Default for RunsFile {
     fn default() -> Self {
         Self {
             workers: 2,
+            threads: 1,
             queue_capacity: 1024,
             max_records: 100_000,
             record_ttl_seconds: 7 * 24 * 3600,

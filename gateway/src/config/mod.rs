@@ -113,6 +113,7 @@ pub struct SandboxLimits {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunSettings {
     pub workers: usize,
+    pub threads: usize,
     pub queue_capacity: usize,
     pub max_records: u64,
     pub record_ttl: Duration,

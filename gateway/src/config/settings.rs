@@ -199,6 +199,7 @@ fn sandbox(file: &GatewayFile, problems: &mut Problems<'_>) -> SandboxLimits {
 fn runs(file: &GatewayFile, problems: &mut Problems<'_>) -> RunSettings {
     let runs = &file.runs;
     problems.in_range("runs.workers", runs.workers, 1..=256);
+    problems.in_range("runs.threads", runs.threads, 1..=64);
     problems.in_range("runs.queue_capacity", runs.queue_capacity, 1..=1_000_000);
     problems.in_range("runs.max_records", runs.max_records, 1..=10_000_000);
     problems.in_range(
@@ -213,6 +214,7 @@ fn runs(file: &GatewayFile, problems: &mut Problems<'_>) -> RunSettings {
     );
     RunSettings {
         workers: runs.workers.clamp(1, 256),
+        threads: runs.threads.clamp(1, 64),
         queue_capacity: runs.queue_capacity.clamp(1, 1_000_000),
         max_records: runs.max_records.max(1),
         record_ttl: Duration::from_secs(runs.record_ttl_seconds.max(1)),
