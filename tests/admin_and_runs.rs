@@ -1,5 +1,6 @@
 //! Accepted runs: the background pool, its bound, and the run records on the admin API.
 
+use crate::support::backend::Backend;
 use crate::support::*;
 
 const SLOW: &str = "id: slow\nresponse: accept\nscript: slow.rhai\nscript_timeout_ms: 1500\n";
@@ -134,5 +135,119 @@ fn metrics_count_requests_by_workflow_and_status_class() {
     assert!(
         !text.contains(&gateway.path("echo")),
         "no paths (and their tokens) as labels"
+    );
+}
+
+#[test]
+fn metrics_show_phase_latency_run_ends_journal_lag_and_backend_health() {
+    let live = Backend::ok();
+    let gone = Backend::ok();
+    let gone_address = gone.address;
+    drop(gone);
+    let backend = |name: &str, url: &str| {
+        format!("  {name}:\n    addresses: [\"{url}\"]\n    connect_timeout_ms: 500\n    health_check:\n      path: /health\n      interval_ms: 60000\n")
+    };
+    let config = format!(
+        "{BASE_CONFIG}backends:\n{}{}",
+        backend("live", &live.url()),
+        backend("gone", &format!("http://{gone_address}"))
+    );
+    let gateway = Gateway::custom(&[
+        ("gateway.yaml", &config),
+        ("workflows/relay.yaml", "id: relay\nforward:\n  backend: live\n  path: /in\n"),
+        ("workflows/lost.yaml", "id: lost\nforward:\n  backend: gone\n  path: /in\n"),
+        (
+            "workflows/later.yaml",
+            "id: later\nresponse: accept\nmapping:\n  fail: { pointer: /fail, type: boolean, default: false }\nscript: later.rhai\n",
+        ),
+        ("scripts/later.rhai", "if fail { throw \"boom\" }\n#{ ok: true }"),
+    ]);
+
+    assert_eq!(gateway.post_json(&gateway.path("relay"), "{}").status, 200);
+    assert_eq!(gateway.post_json(&gateway.path("relay"), "{}").status, 200);
+    let lost = gateway.post_json(&gateway.path("lost"), "{}").status;
+    assert!(lost == 502 || lost == 503, "{lost}");
+    let unrouted_count = || {
+        let text = gateway.admin_get("/metrics").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix("webhook_gateway_unrouted_requests_total "))
+            .and_then(|value| value.parse::<u64>().ok())
+            .expect("an unrouted count")
+    };
+    // The harness's own readiness probes may have been unrouted too.
+    let unrouted_before = unrouted_count();
+    let unrouted = gateway.post_json("/hooks/no-such-workflow/0123456789abcdef", "{}");
+    assert_eq!(unrouted.status, 404);
+    assert_eq!(unrouted_count(), unrouted_before + 1);
+    let mut runs = Vec::new();
+    for body in [r#"{"fail":false}"#, r#"{"fail":true}"#, r#"{"fail":false}"#] {
+        let accepted = gateway.post_json(&gateway.path("later"), body);
+        assert_eq!(accepted.status, 202, "{}", accepted.text());
+        runs.push(accepted.json()["run_id"].as_str().unwrap().to_string());
+    }
+    for run in &runs {
+        gateway.wait_for_run(run);
+    }
+
+    let live_line = format!(
+        "webhook_gateway_backend_up{{backend=\"live\",address=\"{}\"}} 1",
+        live.address
+    );
+    let gone_line =
+        format!("webhook_gateway_backend_up{{backend=\"gone\",address=\"{gone_address}\"}} 0");
+    let expected = [
+        "webhook_gateway_phase_duration_seconds_count{workflow=\"relay\",phase=\"auth\"} 2",
+        "webhook_gateway_phase_duration_seconds_count{workflow=\"relay\",phase=\"body\"} 2",
+        "webhook_gateway_phase_duration_seconds_count{workflow=\"relay\",phase=\"validation\"} 2",
+        "webhook_gateway_phase_duration_seconds_count{workflow=\"relay\",phase=\"mapping\"} 2",
+        "webhook_gateway_phase_duration_seconds_count{workflow=\"relay\",phase=\"forward\"} 2",
+        "webhook_gateway_phase_duration_seconds_count{workflow=\"relay\",phase=\"script\"} 0",
+        "webhook_gateway_phase_duration_seconds_count{workflow=\"later\",phase=\"auth\"} 3",
+        "webhook_gateway_request_duration_seconds_count{workflow=\"relay\"} 2",
+        "webhook_gateway_request_duration_seconds_bucket{workflow=\"relay\",le=\"+Inf\"} 2",
+        "webhook_gateway_runs_ended_total{workflow=\"later\",state=\"succeeded\"} 2",
+        "webhook_gateway_runs_ended_total{workflow=\"later\",state=\"failed\"} 1",
+        "webhook_gateway_run_script_failures_total{workflow=\"later\",kind=\"error\"} 1",
+        "webhook_gateway_run_script_failures_total{workflow=\"later\",kind=\"timeout\"} 0",
+        "webhook_gateway_journal_pending_changes 0",
+        "# TYPE webhook_gateway_journal_lag_seconds histogram",
+        &live_line,
+        &gone_line,
+    ];
+    // Run ends reach the journal a few milliseconds after the runs end.
+    let missing = || {
+        let text = gateway.admin_get("/metrics").text();
+        let absent = |line: &&&str| !text.lines().any(|l| l == **line);
+        expected
+            .iter()
+            .filter(absent)
+            .map(|line| line.to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut last_missing = Vec::new();
+    wait_until("the metrics to show every request and run", || {
+        last_missing = missing();
+        last_missing.is_empty() || {
+            eprintln!("still missing: {last_missing:?}");
+            false
+        }
+    });
+
+    let text = gateway.admin_get("/metrics").text();
+    let commits: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("webhook_gateway_journal_commits_total "))
+        .and_then(|value| value.parse().ok())
+        .expect("a commit count");
+    assert!(commits >= 1, "{text}");
+    let lagged: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("webhook_gateway_journal_lag_seconds_count "))
+        .and_then(|value| value.parse().ok())
+        .expect("a lag count");
+    assert!(lagged >= 3, "three appends at least: {text}");
+    assert!(
+        !text.contains("no-such-workflow"),
+        "an unrouted path is never a label"
     );
 }

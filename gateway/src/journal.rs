@@ -8,13 +8,15 @@
 //! `synchronous = FULL`. Reads (the admin API, recovery at start) use their own connection,
 //! which WAL lets run beside the writer.
 
+use crate::metrics::Histogram;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
@@ -179,6 +181,27 @@ enum Change {
 struct Command {
     change: Change,
     written: Option<oneshot::Sender<Result<(), String>>>,
+    /// When it was handed to the writer.
+    sent: Instant,
+}
+
+/// How far the writer is behind, for the metrics: changes handed to it and not yet written
+/// (held back or failed ones included), and how long each waited from hand-off to commit.
+#[derive(Default)]
+pub struct JournalStats {
+    pending: AtomicU64,
+    pub lag: Histogram,
+    commits: AtomicU64,
+}
+
+impl JournalStats {
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
 }
 
 /// Why a change could not be written.
@@ -195,6 +218,7 @@ pub struct Journal {
     path: PathBuf,
     changes: SyncSender<Command>,
     reader: Mutex<Connection>,
+    stats: Arc<JournalStats>,
     /// Dropped with the journal, which ends the checkpoint thread.
     _stop_checkpoints: mpsc::Sender<()>,
 }
@@ -272,6 +296,9 @@ pub trait RunJournal: Send + Sync {
     /// the restart, and its interrupted attempt is on record.
     fn finish(&self, run_id: &str, outcome: Outcome);
 
+    /// How far the writer is behind.
+    fn stats(&self) -> &JournalStats;
+
     fn get(&self, run_id: &str) -> Result<Option<RunRecord>, String>;
 
     /// The input a run was accepted with.
@@ -336,14 +363,17 @@ impl Journal {
             .map_err(|error| format!("cannot start the journal checkpointer: {error}"))?;
 
         let (changes, receiver) = mpsc::sync_channel(capacity);
+        let stats = Arc::new(JournalStats::default());
+        let writer_stats = Arc::clone(&stats);
         std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || write_loop(writer, receiver))
+            .spawn(move || write_loop(writer, receiver, &writer_stats))
             .map_err(|error| format!("cannot start the journal writer: {error}"))?;
         Ok(Self {
             path: path.to_path_buf(),
             changes,
             reader: Mutex::new(reader),
+            stats,
             _stop_checkpoints: stop_checkpoints,
         })
     }
@@ -362,14 +392,23 @@ impl Journal {
         change: Change,
         written: Option<oneshot::Sender<Result<(), String>>>,
     ) -> Result<(), JournalError> {
-        self.changes
-            .try_send(Command { change, written })
-            .map_err(|error| match error {
+        // Counted before the hand-off: the writer may take it off the count at once.
+        self.stats.pending.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
+        let command = Command {
+            change,
+            written,
+            sent,
+        };
+        self.changes.try_send(command).map_err(|error| {
+            self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+            match error {
                 TrySendError::Full(_) => JournalError::Saturated,
                 TrySendError::Disconnected(_) => {
                     JournalError::Failed("the journal writer has stopped".into())
                 }
-            })
+            }
+        })
     }
 
     /// Writes a change and waits until it is committed.
@@ -387,8 +426,11 @@ impl Journal {
         let command = Command {
             change,
             written: None,
+            sent: Instant::now(),
         };
+        self.stats.pending.fetch_add(1, Ordering::Relaxed);
         if self.changes.send(command).is_err() {
+            self.stats.pending.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("the journal writer has stopped; a change was not recorded");
         }
     }
@@ -401,6 +443,10 @@ impl Journal {
 
 #[async_trait]
 impl RunJournal for Journal {
+    fn stats(&self) -> &JournalStats {
+        &self.stats
+    }
+
     async fn append(&self, input: RunInput) -> Result<(), JournalError> {
         self.write(Change::Append(Box::new(input))).await
     }
@@ -717,7 +763,7 @@ fn attempts_of(db: &Connection, run_id: &str) -> rusqlite::Result<Vec<Attempt>> 
 /// that halves the commits, each of which costs an fsync and a rewrite of the pages it
 /// touches. A crash inside that window loses only ends, and a run whose end is lost is run
 /// again at the next start, with any attempt it made on record as interrupted.
-fn write_loop(mut db: Connection, changes: Receiver<Command>) {
+fn write_loop(mut db: Connection, changes: Receiver<Command>, stats: &JournalStats) {
     // Changes nobody waits for, not yet written: held back, or failed and to be tried again
     // (a full disk gets room again).
     let mut held: Vec<Command> = Vec::new();
@@ -734,7 +780,7 @@ fn write_loop(mut db: Connection, changes: Receiver<Command>) {
             Ok(command) => batch.push(command),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                write_and_answer(&mut db, std::mem::take(&mut held));
+                write_and_answer(&mut db, std::mem::take(&mut held), stats);
                 return;
             }
         }
@@ -754,7 +800,7 @@ fn write_loop(mut db: Connection, changes: Receiver<Command>) {
         }
 
         held.append(&mut batch);
-        let failed = write_and_answer(&mut db, std::mem::take(&mut held));
+        let failed = write_and_answer(&mut db, std::mem::take(&mut held), stats);
         flush_at = (!failed.is_empty()).then(|| Instant::now() + RETRY_UNWRITTEN_AFTER);
         held = failed;
     }
@@ -762,13 +808,26 @@ fn write_loop(mut db: Connection, changes: Receiver<Command>) {
 
 /// Writes a batch, answers whoever waits, and gives back the unawaited changes that failed,
 /// to be tried again.
-fn write_and_answer(db: &mut Connection, batch: Vec<Command>) -> Vec<Command> {
+fn write_and_answer(
+    db: &mut Connection,
+    batch: Vec<Command>,
+    stats: &JournalStats,
+) -> Vec<Command> {
     let mut failed = Vec::new();
     if batch.is_empty() {
         return failed;
     }
     let outcomes = write_batch(db, &batch);
+    let committed = Instant::now();
+    stats.commits.fetch_add(1, Ordering::Relaxed);
     for (command, outcome) in batch.into_iter().zip(outcomes) {
+        if outcome.is_ok() {
+            stats.lag.observe(committed.duration_since(command.sent));
+        }
+        let retried = outcome.is_err() && command.written.is_none();
+        if !retried || failed.len() >= MOST_UNWRITTEN {
+            stats.pending.fetch_sub(1, Ordering::Relaxed);
+        }
         match (outcome, command.written) {
             (outcome, Some(written)) => {
                 if let Err(error) = &outcome {
@@ -782,6 +841,7 @@ fn write_and_answer(db: &mut Connection, batch: Vec<Command>) -> Vec<Command> {
                 failed.push(Command {
                     change: command.change,
                     written: None,
+                    sent: command.sent,
                 });
             }
             (Err(error), None) => {

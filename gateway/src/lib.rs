@@ -24,6 +24,7 @@ pub mod journal;
 pub mod limits;
 pub mod mapping;
 pub mod memory;
+pub mod metrics;
 pub mod network;
 pub mod payload;
 pub mod pipeline;

@@ -6,6 +6,7 @@
 use crate::config::{Limits, Workflow};
 use crate::error::GatewayError;
 use crate::mapping::MappingInput;
+use crate::metrics::{timed, Phase, PhaseLatency};
 use crate::payload;
 use crate::script::{ScriptEngine, ScriptFailure, ScriptInput, Timing};
 use http::HeaderMap;
@@ -44,9 +45,32 @@ pub fn prepare(
     limits: &Limits,
     parts: &RequestParts<'_>,
 ) -> Result<Prepared, GatewayError> {
+    let event = decoded(workflow, limits, parts)?;
+    map(workflow, event, parts)
+}
+
+/// [`prepare`], recording how long validation (decoding included) and mapping take.
+pub fn prepare_timed(
+    workflow: &Workflow,
+    limits: &Limits,
+    parts: &RequestParts<'_>,
+    latency: &PhaseLatency,
+) -> Result<Prepared, GatewayError> {
+    let event = timed(latency, Phase::Validation, || {
+        decoded(workflow, limits, parts)
+    })?;
+    timed(latency, Phase::Mapping, || map(workflow, event, parts))
+}
+
+/// The event decoded and checked against the workflow's schema.
+fn decoded(
+    workflow: &Workflow,
+    limits: &Limits,
+    parts: &RequestParts<'_>,
+) -> Result<Value, GatewayError> {
     let event = decode(parts, limits, &workflow.formats, uses_event(workflow))?;
     validate(workflow, &event)?;
-    map(workflow, event, parts)
+    Ok(event)
 }
 
 /// Checks the content type against the workflow's formats and decodes the body. A JSON body

@@ -28,6 +28,8 @@ const MISSING_GRACE_MS: u64 = 10 * 60 * 1000;
 pub struct LiveWorkflow {
     active: AtomicBool,
     pub counters: Counters,
+    /// How long each phase of its requests takes.
+    pub latency: crate::metrics::PhaseLatency,
     pub samples: SampleRing,
     /// Requests admitted and not yet answered, for the workflow's concurrency limit.
     pub gauge: Arc<crate::limits::Gauge>,
@@ -38,6 +40,7 @@ impl LiveWorkflow {
         Self {
             active: AtomicBool::new(active),
             counters: Counters::default(),
+            latency: Default::default(),
             samples,
             gauge: Arc::default(),
         }

@@ -19,8 +19,9 @@ use crate::shared_state::SharedState;
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -69,6 +70,52 @@ struct RunContext {
     unfinished: AtomicUsize,
     /// One per worker: a run holds one while it executes, not while it waits to retry.
     slots: Arc<Semaphore>,
+    ended: RunEnds,
+}
+
+/// How runs ended, per workflow, since the start: for the metrics.
+#[derive(Default)]
+pub struct RunEnds {
+    by_workflow: Mutex<HashMap<String, EndCounts>>,
+}
+
+/// Runs ended in each final state, and script failures among them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EndCounts {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub rejected: u64,
+    pub dead_lettered: u64,
+    pub script_errors: u64,
+    pub script_timeouts: u64,
+}
+
+impl RunEnds {
+    fn count(&self, workflow_id: &str, state: RunState, error_code: Option<&str>) {
+        let mut by_workflow = self.by_workflow.lock().unwrap_or_else(|e| e.into_inner());
+        // Keyed by the ids of workflows that ran, which the configuration bounds.
+        let counts = match by_workflow.get_mut(workflow_id) {
+            Some(counts) => counts,
+            None => by_workflow.entry(workflow_id.to_string()).or_default(),
+        };
+        match state {
+            RunState::Succeeded => counts.succeeded += 1,
+            RunState::Rejected => counts.rejected += 1,
+            RunState::DeadLettered => counts.dead_lettered += 1,
+            _ => counts.failed += 1,
+        }
+        match error_code {
+            Some("script_error") => counts.script_errors += 1,
+            Some("script_timeout") => counts.script_timeouts += 1,
+            _ => {}
+        }
+    }
+
+    /// The counts of one workflow; zeros when none of its runs ended yet.
+    pub fn of(&self, workflow_id: &str) -> EndCounts {
+        let by_workflow = self.by_workflow.lock().unwrap_or_else(|e| e.into_inner());
+        by_workflow.get(workflow_id).copied().unwrap_or_default()
+    }
 }
 
 /// The background pool for accepted runs.
@@ -91,6 +138,7 @@ impl RunPool {
             connector: Connector::new(None),
             unfinished: AtomicUsize::new(0),
             slots: Arc::new(Semaphore::new(settings.workers)),
+            ended: RunEnds::default(),
         });
 
         // Unbounded because `unfinished` bounds it: a run enters only once it is counted.
@@ -160,6 +208,7 @@ impl RunPool {
                     let failure = Err(RunFailure::Final(error));
                     end(
                         &self.context,
+                        &run.input.workflow_id,
                         &run.input.run_id,
                         None,
                         SystemTime::now(),
@@ -174,6 +223,11 @@ impl RunPool {
         if self.queue.send(job).is_err() {
             tracing::error!("the run pool has stopped; the run stays in the journal");
         }
+    }
+
+    /// How runs ended, per workflow.
+    pub fn ended(&self) -> &RunEnds {
+        &self.context.ended
     }
 
     /// Runs written and not yet ended.
@@ -271,7 +325,14 @@ async fn execute(context: &Arc<RunContext>, job: Job, slot: Slot) {
         deliver_with_retries(context, &job, slot).await
     };
     let key = job.idempotency_key.as_deref();
-    end(context, &job.run_id, key, started, outcome);
+    end(
+        context,
+        &job.workflow.id,
+        &job.run_id,
+        key,
+        started,
+        outcome,
+    );
     tracing::info!(workflow.id = %job.workflow.id, run.id = %job.run_id, "run finished");
 }
 
@@ -365,6 +426,7 @@ async fn deliver_with_retries(
 /// Records how the run ended and gives its place back.
 fn end(
     context: &Arc<RunContext>,
+    workflow_id: &str,
     run_id: &str,
     idempotency_key: Option<&str>,
     started: SystemTime,
@@ -401,6 +463,8 @@ fn end(
         }
     };
     let state = outcome.state;
+    let code = outcome.error.as_ref().map(|error| error.code.as_str());
+    context.ended.count(workflow_id, state, code);
     context.shared.journal().finish(run_id, outcome);
     context.unfinished.fetch_sub(1, Ordering::AcqRel);
     tracing::debug!(run.id = %run_id, run.state = state.as_str(), "run ended");

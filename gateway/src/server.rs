@@ -85,6 +85,8 @@ pub struct GatewayState {
     pub shared: Arc<dyn SharedState>,
     /// Requests in progress per API key, for their concurrency limits.
     pub key_gauges: KeyGauges,
+    /// Requests to a URL that is no workflow's (answered 404).
+    pub unrouted_requests: std::sync::atomic::AtomicU64,
     /// Held for the life of the process: one gateway per state folder.
     _state_lock: std::fs::File,
 }
@@ -127,6 +129,7 @@ impl GatewayState {
             watched: Mutex::new(Vec::new()),
             shared,
             key_gauges: KeyGauges::default(),
+            unrouted_requests: Default::default(),
             _state_lock: state_lock,
         }))
     }

@@ -1,11 +1,17 @@
 //! `GET /metrics`: the gateway's counters in the Prometheus text format. Labels are bounded:
-//! workflow ids come from the configuration, status classes are five; no path, key or
-//! client address is ever a label.
+//! workflow ids, backend names and backend addresses come from the configuration, status
+//! classes, phases and run states are fixed sets; no path, key or client address is ever a
+//! label.
 
+use crate::forward::backends::Backends;
 use crate::http_reply::Reply;
-use crate::registry::CounterValues;
+use crate::metrics::Phase;
+use crate::registry::{CounterValues, LiveWorkflow};
+use crate::runs::EndCounts;
 use crate::server::GatewayState;
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -22,16 +28,15 @@ pub fn render(state: &GatewayState) -> Reply {
     let snapshot = state.snapshot();
     let mut text = String::new();
 
-    let workflows: Vec<(&str, CounterValues)> = snapshot
+    let live: Vec<(&str, Arc<LiveWorkflow>)> = snapshot
         .config
         .workflows
         .iter()
-        .filter_map(|workflow| {
-            Some((
-                workflow.id.as_str(),
-                state.registry.get(&workflow.id)?.counters.read(),
-            ))
-        })
+        .filter_map(|workflow| Some((workflow.id.as_str(), state.registry.get(&workflow.id)?)))
+        .collect();
+    let workflows: Vec<(&str, CounterValues)> = live
+        .iter()
+        .map(|(id, live)| (*id, live.counters.read()))
         .collect();
     let families: [PerWorkflow; 4] = [
         (
@@ -79,6 +84,12 @@ pub fn render(state: &GatewayState) -> Reply {
         }
     }
 
+    unrouted(&mut text, state);
+    latency(&mut text, &live);
+    run_ends(&mut text, state, &live);
+    journal(&mut text, state);
+    backends(&mut text, &snapshot.backends);
+
     let gauges = [
         (
             "webhook_gateway_runs_unfinished",
@@ -113,6 +124,149 @@ pub fn render(state: &GatewayState) -> Reply {
             "text/plain; version=0.0.4; charset=utf-8".to_string(),
         )],
         body: bytes::Bytes::from(text),
+    }
+}
+
+fn unrouted(text: &mut String, state: &GatewayState) {
+    let name = "webhook_gateway_unrouted_requests_total";
+    family(
+        text,
+        name,
+        "counter",
+        "Requests to a URL that is no workflow's (404).",
+    );
+    let count = state.unrouted_requests.load(Ordering::Relaxed);
+    let _ = writeln!(text, "{name} {count}");
+}
+
+/// Phase and whole-request latency of production requests, for workflows that have had any.
+fn latency(text: &mut String, live: &[(&str, Arc<LiveWorkflow>)]) {
+    let phases = "webhook_gateway_phase_duration_seconds";
+    family(
+        text,
+        phases,
+        "histogram",
+        "Time in each phase of a request: auth (API key), signature, body (reading it), validation (decoding and schema), mapping, script (synchronous runs), forward (until the backend's answer header).",
+    );
+    for (id, workflow) in live {
+        for phase in Phase::STEPS {
+            if let Some(histogram) = workflow.latency.get(phase) {
+                let labels = format!("workflow=\"{id}\",phase=\"{}\",", phase.name());
+                histogram.render(text, phases, &labels);
+            }
+        }
+    }
+
+    let whole = "webhook_gateway_request_duration_seconds";
+    family(
+        text,
+        whole,
+        "histogram",
+        "Time from a production request's first byte to its last answered byte.",
+    );
+    for (id, workflow) in live {
+        if let Some(histogram) = workflow.latency.get(Phase::Total) {
+            histogram.render(text, whole, &format!("workflow=\"{id}\","));
+        }
+    }
+}
+
+/// How accepted runs ended, and the script failures among them.
+fn run_ends(text: &mut String, state: &GatewayState, live: &[(&str, Arc<LiveWorkflow>)]) {
+    let ended: Vec<(&str, EndCounts)> = live
+        .iter()
+        .map(|(id, _)| (*id, state.runs.ended().of(id)))
+        .collect();
+
+    let name = "webhook_gateway_runs_ended_total";
+    family(
+        text,
+        name,
+        "counter",
+        "Accepted runs that ended, by final state.",
+    );
+    for (id, counts) in &ended {
+        let states = [
+            ("succeeded", counts.succeeded),
+            ("failed", counts.failed),
+            ("rejected", counts.rejected),
+            ("dead_lettered", counts.dead_lettered),
+        ];
+        for (run_state, value) in states {
+            let _ = writeln!(
+                text,
+                "{name}{{workflow=\"{id}\",state=\"{run_state}\"}} {value}"
+            );
+        }
+    }
+
+    let name = "webhook_gateway_run_script_failures_total";
+    family(
+        text,
+        name,
+        "counter",
+        "Accepted runs whose script failed (kind=\"error\") or ran out of time or operations (kind=\"timeout\").",
+    );
+    for (id, counts) in &ended {
+        let kinds = [
+            ("error", counts.script_errors),
+            ("timeout", counts.script_timeouts),
+        ];
+        for (kind, value) in kinds {
+            let _ = writeln!(text, "{name}{{workflow=\"{id}\",kind=\"{kind}\"}} {value}");
+        }
+    }
+}
+
+/// How far the journal's writer is behind.
+fn journal(text: &mut String, state: &GatewayState) {
+    let stats = state.shared.journal().stats();
+    let name = "webhook_gateway_journal_pending_changes";
+    family(
+        text,
+        name,
+        "gauge",
+        "Changes handed to the journal's writer and not yet committed (run ends held back to share a commit, and failed writes waiting to be tried again, included).",
+    );
+    let _ = writeln!(text, "{name} {}", stats.pending());
+
+    let name = "webhook_gateway_journal_commits_total";
+    family(
+        text,
+        name,
+        "counter",
+        "Transactions the journal's writer committed.",
+    );
+    let _ = writeln!(text, "{name} {}", stats.commits());
+
+    let name = "webhook_gateway_journal_lag_seconds";
+    family(
+        text,
+        name,
+        "histogram",
+        "Time from a change's hand-off to the journal's writer until its commit.",
+    );
+    stats.lag.render(text, name, "");
+}
+
+/// Whether each backend address takes requests: 1 when its health check passes and it is not
+/// suspended after a failed request.
+fn backends(text: &mut String, backends: &Backends) {
+    let name = "webhook_gateway_backend_up";
+    family(
+        text,
+        name,
+        "gauge",
+        "1 when a backend address takes requests (its health check passes and no failed request suspended it), else 0.",
+    );
+    for (backend, pool) in backends.by_name() {
+        for (address, up) in pool.address_health() {
+            let up = u8::from(up);
+            let _ = writeln!(
+                text,
+                "{name}{{backend=\"{backend}\",address=\"{address}\"}} {up}"
+            );
+        }
     }
 }
 

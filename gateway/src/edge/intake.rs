@@ -9,6 +9,7 @@ use crate::config::{IdempotencySource, Workflow};
 use crate::error::GatewayError;
 use crate::http_reply::Reply;
 use crate::limits::{rate_limited, Gauge, Permit};
+use crate::metrics::{timed, Phase};
 use crate::network::{self, Caller};
 use crate::pipeline::Prepared;
 use crate::registry::LiveWorkflow;
@@ -22,6 +23,7 @@ use pingora::ErrorType;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The header that marks an answer given again to a repeated event.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -50,11 +52,10 @@ pub async fn admit(
         });
     }
     let caller = caller_of(session, snapshot);
-    let key = snapshot.config.keys.authenticate(
-        &workflow.key_policy,
-        &request.headers,
-        request.uri.query(),
-    )?;
+    let key = timed(&live.latency, Phase::Auth, || {
+        let keys = &snapshot.config.keys;
+        keys.authenticate(&workflow.key_policy, &request.headers, request.uri.query())
+    })?;
     let permits = enter(state, workflow, live, key)?;
     // A workflow that a signature authenticates counts its rate once the signature holds:
     // forged requests must not use up what the real sender may send.
@@ -65,7 +66,10 @@ pub async fn admit(
     let declared = declared_length(session, workflow.max_body_bytes)?;
 
     let total_timeout = snapshot.config.server.body_total_timeout;
-    let body = read_body(session, workflow.max_body_bytes, declared, total_timeout).await?;
+    let reading = Instant::now();
+    let body = read_body(session, workflow.max_body_bytes, declared, total_timeout).await;
+    live.latency.observe(Phase::Body, reading.elapsed());
+    let body = body?;
 
     // Over the bytes exactly as received, before anything parses them.
     let request = session.req_header();
@@ -76,7 +80,9 @@ pub async fn admit(
             body: &body,
             url: &url,
         };
-        signature.verify(&signed, crate::signature::now())?;
+        timed(&live.latency, Phase::Signature, || {
+            signature.verify(&signed, crate::signature::now())
+        })?;
         take_tokens(state, workflow, key)?;
     }
     let coding = request

@@ -23,6 +23,7 @@ use crate::forward::{build_request, is_hop_by_hop, RequestIds};
 use crate::handshake;
 use crate::http_reply::Reply;
 use crate::journal::RunInput;
+use crate::metrics::{timed, Phase};
 use crate::pipeline::{self, Prepared, RequestParts};
 use crate::registry::LiveWorkflow;
 use crate::routing::UrlKind;
@@ -39,6 +40,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use serde_json::json;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,10 +105,10 @@ impl Edge {
         ctx: &mut RequestContext,
     ) -> Result<Answer, GatewayError> {
         let snapshot = ctx.snapshot.clone().ok_or(GatewayError::Internal)?;
-        let routed = snapshot
-            .router
-            .route(session.req_header().uri.path())
-            .ok_or(GatewayError::NotFound)?;
+        let Some(routed) = snapshot.router.route(session.req_header().uri.path()) else {
+            self.state.unrouted_requests.fetch_add(1, Ordering::Relaxed);
+            return Err(GatewayError::NotFound);
+        };
         let workflow = Arc::clone(routed.workflow);
         let live = Arc::clone(routed.live);
         ctx.workflow_id = Some(workflow.id.clone());
@@ -152,7 +154,8 @@ impl Edge {
             query: request.uri.query(),
             body: &body,
         };
-        let prepared = pipeline::prepare(&workflow, &snapshot.config.limits, &parts)?;
+        let limits = &snapshot.config.limits;
+        let prepared = pipeline::prepare_timed(&workflow, limits, &parts, &live.latency)?;
         let caller_method = request.method.to_string();
         let pending_key = match claim_key(&self.state, &workflow, &request.headers, &prepared)? {
             Keyed::Unkeyed => None,
@@ -196,13 +199,23 @@ impl Edge {
             }
             ResponseMode::ReturnResults if workflow.forward.is_some() => {
                 let exchange = self
-                    .forward(&snapshot, &workflow, &prepared, &body, &caller_method, ctx)
+                    .forward(
+                        &snapshot,
+                        &workflow,
+                        &live,
+                        &prepared,
+                        &body,
+                        &caller_method,
+                        ctx,
+                    )
                     .await?;
                 ctx.pending_key = pending_key;
                 Ok(Answer::Relay(Box::new(exchange)))
             }
             ResponseMode::ReturnResults => {
-                let result = run_script(&snapshot, &workflow, &prepared, &run_id)?;
+                let result = timed(&live.latency, Phase::Script, || {
+                    run_script(&snapshot, &workflow, &prepared, &run_id)
+                })?;
                 let reply = Reply::json(200, &result);
                 if let Some(pending) = pending_key {
                     pending.keep(FirstAnswer {
@@ -256,10 +269,12 @@ impl Edge {
 
     /// Runs the script, if any, then sends the run to the backend and waits for its answer's
     /// header.
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         snapshot: &Snapshot,
         workflow: &Workflow,
+        live: &LiveWorkflow,
         prepared: &Prepared,
         body: &Bytes,
         caller_method: &str,
@@ -273,7 +288,9 @@ impl Edge {
             .ok_or(GatewayError::Internal)?;
 
         let script_result = match workflow.script {
-            Some(_) => Some(run_script(snapshot, workflow, prepared, run_id)?),
+            Some(_) => Some(timed(&live.latency, Phase::Script, || {
+                run_script(snapshot, workflow, prepared, run_id)
+            })?),
             None => None,
         };
         let ids = RequestIds {
@@ -289,9 +306,10 @@ impl Edge {
             script_result.as_ref(),
             &ids,
         );
-        client::start(&self.connector, pool, &request)
-            .await
-            .map_err(|error| error.into_gateway_error(&forward.backend))
+        let sending = Instant::now();
+        let exchange = client::start(&self.connector, pool, &request).await;
+        live.latency.observe(Phase::Forward, sending.elapsed());
+        exchange.map_err(|error| error.into_gateway_error(&forward.backend))
     }
 
     /// Relays a backend's answer: its status and end-to-end headers, then its body as it
@@ -593,6 +611,9 @@ impl ProxyHttp for Edge {
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {
         ctx.count();
+        if let (Some(live), UrlKind::Production) = (&ctx.live, ctx.url_kind) {
+            live.latency.observe(Phase::Total, ctx.started.elapsed());
+        }
         let client = session
             .client_addr()
             .map(ToString::to_string)

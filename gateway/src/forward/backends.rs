@@ -82,6 +82,24 @@ impl BackendPool {
         })
     }
 
+    /// Each address, and whether it takes requests now: its health check passes and it is
+    /// not suspended.
+    pub fn address_health(&self) -> Vec<(SocketAddr, bool)> {
+        let backends = self.balancer.backends();
+        let suspended = self.suspended.read().map(|s| s.clone()).unwrap_or_default();
+        backends
+            .get_backend()
+            .iter()
+            .filter_map(|backend| {
+                let address = socket_of(backend)?;
+                Some((
+                    address,
+                    backends.ready(backend) && !suspended.contains(&address),
+                ))
+            })
+            .collect()
+    }
+
     /// Takes an address out of rotation until its health check passes again.
     pub fn suspend(&self, address: SocketAddr) {
         if let Ok(mut suspended) = self.suspended.write() {
@@ -205,5 +223,12 @@ impl Backends {
 
     pub fn get(&self, name: &str) -> Option<&Arc<BackendPool>> {
         self.pools.get(name)
+    }
+
+    /// Every pool with its name, in name order.
+    pub fn by_name(&self) -> Vec<(&str, &Arc<BackendPool>)> {
+        let mut pools: Vec<_> = self.pools.iter().map(|(n, p)| (n.as_str(), p)).collect();
+        pools.sort_by_key(|(name, _)| *name);
+        pools
     }
 }
