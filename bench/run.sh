@@ -213,7 +213,9 @@ for unit, scale in (('us', 0.001), ('ms', 1.0), ('s', 1000.0)):
 
 echo "webhook-gateway vs nginx: ${DURATION}s per run, ${CONNECTIONS} connections, ${BODY_BYTES}-byte JSON POST"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-printf '%-9s %14s %10s %14s %10s %12s\n' scenario gateway_rps p99_ms nginx_rps p99_ms rps_ratio
+if wants inline || wants forward; then
+  printf '%-9s %14s %10s %14s %10s %12s\n' scenario gateway_rps p99_ms nginx_rps p99_ms rps_ratio
+fi
 for scenario in inline forward; do
   wants "$scenario" || continue
   if [ "$scenario" = inline ]; then gateway_url=$INLINE_URL; else gateway_url=$FORWARD_URL; fi
@@ -240,4 +242,55 @@ print(db.execute("select count(*) from runs where state not in ('succeeded')").f
 PY
   )
   echo "journaled runs not (yet) succeeded when the load stopped: $runs_left"
+fi
+
+# Many workflows: the inline workflow measured on a gateway that loads 10 workflows, then on
+# one that loads 10,000 (all copies of it under other ids), each with 1,000 API keys. Prints
+# throughput and p99 side by side, and each gateway's resident memory after its load.
+many_workflows_gateway() { # count -> directory with gateway.yaml, workflows and scripts
+  local dir="$WORK/many-$1"
+  mkdir -p "$dir/workflows" "$dir/scripts" "$dir/state"
+  cp "$WORK/gateway/scripts/inline.rhai" "$dir/scripts/"
+  python3 - "$dir" "$1" "$KEY" "$WORK/gateway/workflows/inline.yaml" <<'PY'
+import sys
+dir, count, key, template = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+body = open(template).read().split("\n", 1)[1]  # everything after `id: inline`
+for i in range(count):
+    open(f"{dir}/workflows/inline-{i:05d}.yaml", "w").write(f"id: inline-{i:05d}\n{body}")
+keys = [f"  - name: key-{i:04d}\n    key: \"bench-key-{i:04d}-0123456789abcdef\"" for i in range(999)]
+keys.append(f"  - name: bench\n    key: \"{key}\"")
+open(f"{dir}/gateway.yaml", "w").write(
+    f"server:\n  threads: 1\npaths:\n  state: {dir}/state\napi_keys:\n" + "\n".join(keys) + "\n")
+PY
+  echo "$dir"
+}
+
+rss_mib() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+
+if wants workflows; then
+  echo
+  printf '%-9s %14s %10s %14s %10s %12s %10s %10s\n' scenario w10k_rps p99_ms w10_rps p99_ms rps_ratio rss10_MiB rss10k_MiB
+  declare -A MANY_RPS MANY_P99 MANY_RSS
+  for count in 10 10000; do
+    dir=$(many_workflows_gateway "$count")
+    port=$(free_port)
+    taskset -c "$SERVER_CPU" "$GATEWAY" run --config "$dir/gateway.yaml" --listen "127.0.0.1:$port" \
+      >"$dir/gateway.out" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_port "$port"
+    middle=$(printf 'inline-%05d' $((count / 2)))
+    url=$("$GATEWAY" urls --json --config "$dir/gateway.yaml" |
+      python3 -c "import json,sys; print([w['url'] for w in json.load(sys.stdin) if w['id']=='$middle'][0])" |
+      sed -E "s#^https?://[^/]+#http://127.0.0.1:$port#")
+    read -r rps p99 < <(measure "$url")
+    MANY_RPS[$count]=$rps
+    MANY_P99[$count]=$p99
+    MANY_RSS[$count]=$(rss_mib "$pid")
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+  done
+  ratio=$(python3 -c "print(round(${MANY_RPS[10000]} / ${MANY_RPS[10]}, 2))")
+  printf '%-9s %14s %10s %14s %10s %12s %10s %10s\n' workflows "${MANY_RPS[10000]}" "${MANY_P99[10000]}" \
+    "${MANY_RPS[10]}" "${MANY_P99[10]}" "$ratio" "${MANY_RSS[10]}" "${MANY_RSS[10000]}"
 fi
