@@ -133,29 +133,8 @@ backends:
   backend:
     addresses: ["http://127.0.0.1:$BACKEND_PORT"]
 EOF
-cat >"$WORK/gateway/workflows/inline.yaml" <<'EOF'
-id: inline
-schema:
-  type: object
-  required: [id, customer, items]
-  properties:
-    id: { type: string }
-    customer: { type: object, required: [email] }
-    items: { type: array, items: { type: object, required: [sku, quantity, unit_price] } }
-mapping:
-  order_id: { pointer: /id, type: string, required: true }
-  email: { pointer: /customer/email, type: string, required: true }
-  items: { pointer: /items, required: true }
-  currency: { pointer: /currency, type: string, default: EUR }
-  channel: { pointer: /channel, type: string, default: web }
-  first_sku: { pointer: /items/0/sku, type: string }
-script: inline.rhai
-EOF
-cat >"$WORK/gateway/scripts/inline.rhai" <<'EOF'
-let total = 0.0;
-for item in items { total += item.quantity * item.unit_price; }
-#{ order_id: order_id, priority: if total > 100.0 { "high" } else { "low" } }
-EOF
+cp bench/workflows/inline.yaml "$WORK/gateway/workflows/"
+cp bench/scripts/inline.rhai "$WORK/gateway/scripts/"
 cat >"$WORK/gateway/workflows/forward.yaml" <<'EOF'
 id: forward
 forward:
@@ -254,7 +233,7 @@ many_workflows_gateway() { # count -> directory with gateway.yaml, workflows and
   python3 - "$dir" "$1" "$KEY" "$WORK/gateway/workflows/inline.yaml" <<'PY'
 import sys
 dir, count, key, template = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-body = open(template).read().split("\n", 1)[1]  # everything after `id: inline`
+body = "".join(line for line in open(template) if not line.startswith(("id:", "#")))
 for i in range(count):
     open(f"{dir}/workflows/inline-{i:05d}.yaml", "w").write(f"id: inline-{i:05d}\n{body}")
 keys = [f"  - name: key-{i:04d}\n    key: \"bench-key-{i:04d}-0123456789abcdef\"" for i in range(999)]

@@ -169,10 +169,7 @@ fn metrics_show_phase_latency_run_ends_journal_lag_and_backend_health() {
     assert!(lost == 502 || lost == 503, "{lost}");
     let unrouted_count = || {
         let text = gateway.admin_get("/metrics").text();
-        text.lines()
-            .find_map(|l| l.strip_prefix("webhook_gateway_unrouted_requests_total "))
-            .and_then(|value| value.parse::<u64>().ok())
-            .expect("an unrouted count")
+        sample(&text, "webhook_gateway_unrouted_requests_total")
     };
     // The harness's own readiness probes may have been unrouted too.
     let unrouted_before = unrouted_count();
@@ -234,20 +231,20 @@ fn metrics_show_phase_latency_run_ends_journal_lag_and_backend_health() {
     });
 
     let text = gateway.admin_get("/metrics").text();
-    let commits: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("webhook_gateway_journal_commits_total "))
-        .and_then(|value| value.parse().ok())
-        .expect("a commit count");
+    let commits = sample(&text, "webhook_gateway_journal_commits_total");
     assert!(commits >= 1, "{text}");
-    let lagged: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("webhook_gateway_journal_lag_seconds_count "))
-        .and_then(|value| value.parse().ok())
-        .expect("a lag count");
+    let lagged = sample(&text, "webhook_gateway_journal_lag_seconds_count");
     assert!(lagged >= 3, "three appends at least: {text}");
     assert!(
         !text.contains("no-such-workflow"),
         "an unrouted path is never a label"
     );
+}
+
+/// The value of an unlabelled sample in a metrics text.
+fn sample(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
 }

@@ -17,30 +17,12 @@ use webhook_gateway::signature::SignedRequest;
 const KEY: &str = "bench-key-0123456789abcdef";
 const SECRET: &str = "bench-signing-secret";
 
-const INLINE: &str = r#"id: inline
-schema:
-  type: object
-  required: [id, customer, items]
-  properties:
-    id: { type: string }
-    customer: { type: object, required: [email] }
-    items: { type: array, items: { type: object, required: [sku, quantity, unit_price] } }
-mapping:
-  order_id: { pointer: /id, type: string, required: true }
-  email: { pointer: /customer/email, type: string, required: true }
-  items: { pointer: /items, required: true }
-  currency: { pointer: /currency, type: string, default: EUR }
-  channel: { pointer: /channel, type: string, default: web }
-  first_sku: { pointer: /items/0/sku, type: string }
-script: inline.rhai
-"#;
+/// The workflow and script of the load benchmark, so both benchmarks measure the same thing.
+const INLINE: &str = include_str!("../../bench/workflows/inline.yaml");
+const SCRIPT: &str = include_str!("../../bench/scripts/inline.rhai");
 
-const SCRIPT: &str = r#"let total = 0.0;
-for item in items { total += item.quantity * item.unit_price; }
-#{ order_id: order_id, priority: if total > 100.0 { "high" } else { "low" } }
-"#;
-
-const SIGNED: &str = "id: signed\nsignature:\n  preset: github\n  secrets: [\"bench-signing-secret\"]\n";
+const SIGNED: &str =
+    "id: signed\nsignature:\n  preset: github\n  secrets: [\"bench-signing-secret\"]\n";
 
 /// The order event of the load benchmark: 12 items, about 1.1 KB.
 fn order_event() -> Vec<u8> {
@@ -117,20 +99,26 @@ fn hot_path(c: &mut Criterion) {
     mac.update(&body);
     let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
     let signed_headers = headers(&[("x-hub-signature-256", signature)]);
-    let check = signed.signature.as_ref().expect("the signed workflow has a check");
+    let check = signed
+        .signature
+        .as_ref()
+        .expect("the signed workflow has a check");
     c.bench_function("signature_check_github_1kb", |b| {
         let request = SignedRequest {
             headers: &signed_headers,
             body: &body,
             url: "https://hooks.example.com/hooks/signed",
         };
-        b.iter(|| check.verify(black_box(&request), std::time::SystemTime::now()).unwrap());
+        b.iter(|| {
+            check
+                .verify(black_box(&request), std::time::SystemTime::now())
+                .unwrap()
+        });
     });
 
     c.bench_function("decode_and_validate_1kb", |b| {
         b.iter(|| {
-            let event =
-                pipeline::decode(&parts, &config.limits, &inline.formats, true).unwrap();
+            let event = pipeline::decode(&parts, &config.limits, &inline.formats, true).unwrap();
             pipeline::validate(inline, &event).unwrap();
             black_box(event)
         });

@@ -113,8 +113,7 @@ pub fn render(state: &GatewayState) -> Reply {
         ),
     ];
     for (name, help, value) in gauges {
-        family(&mut text, name, "gauge", help);
-        let _ = writeln!(text, "{name} {value}");
+        single(&mut text, name, "gauge", help, value);
     }
 
     Reply {
@@ -128,15 +127,15 @@ pub fn render(state: &GatewayState) -> Reply {
 }
 
 fn unrouted(text: &mut String, state: &GatewayState) {
-    let name = "webhook_gateway_unrouted_requests_total";
-    family(
-        text,
-        name,
-        "counter",
-        "Requests to a URL that is no workflow's (404).",
-    );
+    let help = "Requests to a URL that is no workflow's (404).";
     let count = state.unrouted_requests.load(Ordering::Relaxed);
-    let _ = writeln!(text, "{name} {count}");
+    single(
+        text,
+        "webhook_gateway_unrouted_requests_total",
+        "counter",
+        help,
+        count,
+    );
 }
 
 /// Phase and whole-request latency of production requests, for workflows that have had any.
@@ -221,23 +220,20 @@ fn run_ends(text: &mut String, state: &GatewayState, live: &[(&str, Arc<LiveWork
 /// How far the journal's writer is behind.
 fn journal(text: &mut String, state: &GatewayState) {
     let stats = state.shared.journal().stats();
-    let name = "webhook_gateway_journal_pending_changes";
-    family(
+    single(
         text,
-        name,
+        "webhook_gateway_journal_pending_changes",
         "gauge",
         "Changes handed to the journal's writer and not yet committed (run ends held back to share a commit, and failed writes waiting to be tried again, included).",
+        stats.pending(),
     );
-    let _ = writeln!(text, "{name} {}", stats.pending());
-
-    let name = "webhook_gateway_journal_commits_total";
-    family(
+    single(
         text,
-        name,
+        "webhook_gateway_journal_commits_total",
         "counter",
         "Transactions the journal's writer committed.",
+        stats.commits(),
     );
-    let _ = writeln!(text, "{name} {}", stats.commits());
 
     let name = "webhook_gateway_journal_lag_seconds";
     family(
@@ -268,6 +264,12 @@ fn backends(text: &mut String, backends: &Backends) {
             );
         }
     }
+}
+
+/// A family of one sample without labels.
+fn single(text: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    family(text, name, kind, help);
+    let _ = writeln!(text, "{name} {value}");
 }
 
 fn family(text: &mut String, name: &str, kind: &str, help: &str) {
