@@ -185,6 +185,9 @@ fn metrics_show_phase_latency_run_ends_journal_lag_and_backend_health() {
     for run in &runs {
         gateway.wait_for_run(run);
     }
+    // Requests on a test URL are traced, not timed: the phases count production alone.
+    let traced = gateway.post_json(&gateway.test_path("later"), r#"{"fail":false}"#);
+    assert_eq!(traced.status, 202, "{}", traced.text());
 
     let live_line = format!(
         "webhook_gateway_backend_up{{backend=\"live\",address=\"{}\"}} 1",

@@ -122,6 +122,55 @@ fn every_acknowledged_run_completes_after_a_sigkill_and_restart() {
 }
 
 #[test]
+fn a_stop_lets_deliveries_under_way_finish_and_starts_no_new_ones() {
+    let backend = Backend::start(|_, _| {
+        std::thread::sleep(Duration::from_millis(50));
+        Reply::json(200, r#"{"ok":true}"#)
+    });
+    let config = config_with(&backend, "  workers: 2\n  queue_capacity: 10000\n");
+    let mut gateway = Gateway::custom(&[
+        ("gateway.yaml", &config),
+        ("workflows/deliver.yaml", DELIVER),
+    ]);
+    let path = gateway.path("deliver");
+    let mut acknowledged = Vec::new();
+    for n in 0..60 {
+        let answer = gateway.post_json(&path, &format!(r#"{{"n":{n}}}"#));
+        assert_eq!(answer.status, 202, "{}", answer.text());
+        acknowledged.push(answer.json()["run_id"].as_str().unwrap().to_string());
+    }
+
+    // Two workers at 50 ms a delivery need 1.5 s for all 60: stop while they are under way.
+    backend.wait_for(4);
+    gateway.signal("TERM");
+    assert!(gateway.wait_exit().success());
+    let log = gateway.log();
+    assert!(log.contains("run pool stopped"), "{log}");
+    assert!(log.contains("runs.cut_short=0"), "{log}");
+    let delivered_before = backend.requests().len();
+    assert!(
+        delivered_before < acknowledged.len(),
+        "every run was delivered before the stop; nothing was left to resume"
+    );
+
+    gateway.restart();
+    for run_id in &acknowledged {
+        let record = gateway.wait_for_run(run_id);
+        assert_eq!(record["state"], "succeeded", "{record}");
+        let attempts = record["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "no attempt was cut short: {record}");
+    }
+    let mut deliveries: HashMap<String, usize> = HashMap::new();
+    for request in backend.requests().iter().filter(|r| r.path == "/events") {
+        let key = request.header("idempotency-key").unwrap().to_string();
+        *deliveries.entry(key).or_default() += 1;
+    }
+    for run_id in &acknowledged {
+        assert_eq!(deliveries.get(run_id), Some(&1), "run {run_id}");
+    }
+}
+
+#[test]
 fn dead_letters_are_kept_and_replayed_on_request() {
     let healthy = AtomicBool::new(false);
     let healthy: &'static AtomicBool = Box::leak(Box::new(healthy));

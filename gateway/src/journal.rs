@@ -299,6 +299,9 @@ pub trait RunJournal: Send + Sync {
     /// How far the writer is behind.
     fn stats(&self) -> &JournalStats;
 
+    /// Waits until every change sent before is committed, held-back ones included.
+    async fn settled(&self) -> Result<(), JournalError>;
+
     fn get(&self, run_id: &str) -> Result<Option<RunRecord>, String>;
 
     /// The input a run was accepted with.
@@ -382,11 +385,6 @@ impl Journal {
         &self.path
     }
 
-    /// Waits until every change sent before is committed.
-    pub async fn settled(&self) -> Result<(), JournalError> {
-        self.write(Change::Barrier).await
-    }
-
     fn send(
         &self,
         change: Change,
@@ -445,6 +443,10 @@ impl Journal {
 impl RunJournal for Journal {
     fn stats(&self) -> &JournalStats {
         &self.stats
+    }
+
+    async fn settled(&self) -> Result<(), JournalError> {
+        self.write(Change::Barrier).await
     }
 
     async fn append(&self, input: RunInput) -> Result<(), JournalError> {

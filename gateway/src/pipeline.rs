@@ -56,10 +56,12 @@ pub fn prepare_timed(
     parts: &RequestParts<'_>,
     latency: &PhaseLatency,
 ) -> Result<Prepared, GatewayError> {
-    let event = timed(latency, Phase::Validation, || {
+    let event = timed(Some(latency), Phase::Validation, || {
         decoded(workflow, limits, parts)
     })?;
-    timed(latency, Phase::Mapping, || map(workflow, event, parts))
+    timed(Some(latency), Phase::Mapping, || {
+        map(workflow, event, parts)
+    })
 }
 
 /// The event decoded and checked against the workflow's schema.

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, Semaphore};
@@ -71,7 +71,36 @@ struct RunContext {
     /// One per worker: a run holds one while it executes, not while it waits to retry.
     slots: Arc<Semaphore>,
     ended: RunEnds,
+    /// Set when the gateway stops: no run starts, and no attempt either.
+    stopping: AtomicBool,
+    /// Runs executing, from their start to their end being handed to the journal, waits to
+    /// retry left out: what a stop lets finish.
+    busy: AtomicUsize,
 }
+
+/// Counts a run as executing while it lives.
+struct Busy(Arc<RunContext>);
+
+impl Busy {
+    /// `None` when the gateway is stopping: the run must not go on. The count goes up before
+    /// the flag is read, and [`RunPool::drain`] sets the flag before it reads the count, so
+    /// either the run sees the stop or the drain waits for the run.
+    fn start(context: &Arc<RunContext>) -> Option<Self> {
+        context.busy.fetch_add(1, Ordering::SeqCst);
+        let busy = Self(Arc::clone(context));
+        (!context.stopping.load(Ordering::SeqCst)).then_some(busy)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A run left unfinished because the gateway is stopping; the journal still holds it and the
+/// next start resumes it.
+struct Stopped;
 
 /// How runs ended, per workflow, since the start: for the metrics.
 #[derive(Default)]
@@ -111,6 +140,12 @@ impl RunEnds {
         }
     }
 
+    /// Every workflow id with ended runs, those of workflows since removed included.
+    pub fn workflow_ids(&self) -> Vec<String> {
+        let by_workflow = self.by_workflow.lock().unwrap_or_else(|e| e.into_inner());
+        by_workflow.keys().cloned().collect()
+    }
+
     /// The counts of one workflow; zeros when none of its runs ended yet.
     pub fn of(&self, workflow_id: &str) -> EndCounts {
         let by_workflow = self.by_workflow.lock().unwrap_or_else(|e| e.into_inner());
@@ -139,6 +174,8 @@ impl RunPool {
             unfinished: AtomicUsize::new(0),
             slots: Arc::new(Semaphore::new(settings.workers)),
             ended: RunEnds::default(),
+            stopping: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
         });
 
         // Unbounded because `unfinished` bounds it: a run enters only once it is counted.
@@ -225,6 +262,28 @@ impl RunPool {
         }
     }
 
+    /// Prepares a stop: starts no more runs or attempts, waits up to `within` for the scripts
+    /// and deliveries under way to end, then for the journal to hold everything it was given.
+    /// What is left (a delivery still waiting on its backend) ends as a crash would: its
+    /// attempt shows as interrupted and the run is tried again at the next start.
+    pub async fn drain(&self, within: Duration) {
+        self.context.stopping.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + within;
+        // Polled: a stop happens once, and a tick of 10 ms is nothing against its deadline.
+        while self.context.busy.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = self.context.busy.load(Ordering::SeqCst);
+        if let Err(error) = self.context.shared.journal().settled().await {
+            tracing::error!(journal.error = %error, "the journal could not be settled before the stop");
+        }
+        tracing::info!(
+            runs.cut_short = left,
+            runs.unfinished = self.unfinished(),
+            "run pool stopped"
+        );
+    }
+
     /// How runs ended, per workflow.
     pub fn ended(&self) -> &RunEnds {
         &self.context.ended
@@ -288,6 +347,10 @@ async fn dispatch(mut receiver: mpsc::UnboundedReceiver<Job>, context: Arc<RunCo
         let Some(job) = receiver.recv().await else {
             return;
         };
+        if context.stopping.load(Ordering::SeqCst) {
+            // Left in the journal for the next start.
+            continue;
+        }
         let context = Arc::clone(&context);
         tokio::spawn(async move {
             execute(&context, job, slot).await;
@@ -314,15 +377,22 @@ enum RunFailure {
 /// Executes a run and records how it ended.
 async fn execute(context: &Arc<RunContext>, job: Job, slot: Slot) {
     let started = SystemTime::now();
-    let outcome = if job.workflow.forward.is_none() {
+    let mut busy = Busy::start(context);
+    let outcome = if busy.is_none() {
+        Err(Stopped)
+    } else if job.workflow.forward.is_none() {
         // One step whose effects stay in the gateway: no attempts to record, and a crash
         // before its end is written only runs the script again.
-        run_script(&job)
-            .await
+        let result = run_script(&job).await;
+        Ok(result
             .map(|result| result.unwrap_or(Value::Null))
-            .map_err(RunFailure::Final)
+            .map_err(RunFailure::Final))
     } else {
-        deliver_with_retries(context, &job, slot).await
+        deliver_with_retries(context, &job, slot, &mut busy).await
+    };
+    let Ok(outcome) = outcome else {
+        tracing::info!(workflow.id = %job.workflow.id, run.id = %job.run_id, "run left for the next start");
+        return;
     };
     let key = job.idempotency_key.as_deref();
     end(
@@ -334,6 +404,7 @@ async fn execute(context: &Arc<RunContext>, job: Job, slot: Slot) {
         outcome,
     );
     tracing::info!(workflow.id = %job.workflow.id, run.id = %job.run_id, "run finished");
+    drop(busy);
 }
 
 /// Makes attempts until one succeeds, one fails for good, or the workflow's attempts run
@@ -342,7 +413,8 @@ async fn deliver_with_retries(
     context: &Arc<RunContext>,
     job: &Job,
     slot: Slot,
-) -> Result<Value, RunFailure> {
+    busy: &mut Option<Busy>,
+) -> Result<Result<Value, RunFailure>, Stopped> {
     let mut slot = Some(slot);
     let journal = context.shared.journal();
     let max_attempts = job
@@ -355,16 +427,19 @@ async fn deliver_with_retries(
     let mut number = job.attempts_recorded + 1;
 
     loop {
+        if busy.is_none() {
+            return Err(Stopped);
+        }
         if counted > max_attempts {
             // The last attempt was cut short by a stop: the run is dead-lettered like any
             // other whose attempts ran out, so a replay of dead letters finds it.
-            return Err(RunFailure::Retryable {
+            return Ok(Err(RunFailure::Retryable {
                 error: GatewayError::AttemptsExhausted {
                     attempts: max_attempts,
                 },
                 retry_after: None,
                 detail: None,
-            });
+            }));
         }
         if let Err(error) = journal.attempt_started(&job.run_id, number).await {
             // A delivery must be on record before it happens, or a crash could repeat it
@@ -387,7 +462,7 @@ async fn deliver_with_retries(
         let failure = match outcome {
             Ok(result) => {
                 journal.attempt_ended(&job.run_id, &attempt, false);
-                return Ok(result);
+                return Ok(Ok(result));
             }
             Err(failure) => failure,
         };
@@ -400,7 +475,7 @@ async fn deliver_with_retries(
             RunFailure::Retryable { retry_after, .. } if counted < max_attempts => retry_after,
             failure => {
                 journal.attempt_ended(&job.run_id, &attempt, false);
-                return Err(failure);
+                return Ok(Err(failure));
             }
         };
         journal.attempt_ended(&job.run_id, &attempt, true);
@@ -415,11 +490,13 @@ async fn deliver_with_retries(
         // A backend's Retry-After wins over the backoff schedule, up to an hour.
         let wait = retry_after.map_or(backoff, |asked| asked.min(MAX_RETRY_AFTER).max(backoff));
         drop(slot.take());
+        drop(busy.take());
         tokio::time::sleep(wait).await;
         let Ok(again) = Arc::clone(&context.slots).acquire_owned().await else {
-            return Err(RunFailure::Final(GatewayError::Internal));
+            return Ok(Err(RunFailure::Final(GatewayError::Internal)));
         };
         slot = Some(again);
+        *busy = Busy::start(context);
     }
 }
 

@@ -19,7 +19,8 @@ use crate::shared_state::{Embedded, SharedState};
 use arc_swap::ArcSwap;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -278,6 +279,12 @@ pub fn run(config: Config) -> Result<(), String> {
         None => tracing::info!("admin api disabled: no admin token configured"),
     }
 
+    server.add_service(background_service(
+        "run-drain",
+        RunDrain {
+            state: Arc::clone(&state),
+        },
+    ));
     reload::watch(&state);
     keep_journal_bounded(&state);
     tracing::info!(
@@ -309,12 +316,35 @@ fn exit_when_a_listener_fails() {
     }));
 }
 
+/// On a stop (SIGTERM), lets the run pool finish what it is doing and the journal write out
+/// what it holds, inside Pingora's grace period, so that only a crash repeats a delivery.
+struct RunDrain {
+    state: Arc<GatewayState>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for RunDrain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+        self.state.runs.drain(DRAIN_WITHIN).await;
+    }
+}
+
+/// How long a stop waits for scripts and deliveries under way: less than the grace period
+/// ([`GRACE_PERIOD_SECONDS`]), so the journal is settled before the process ends.
+const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// How long Pingora keeps running after a SIGTERM before it stops its runtimes. Accepted runs
+/// are in the journal and resume at the next start, so stops are kept quick.
+const GRACE_PERIOD_SECONDS: u64 = 1;
+
 fn server_conf(config: &Config) -> ServerConf {
     let state_dir = config.state_dir.display();
     ServerConf {
         threads: config.server.threads,
-        // Accepted runs are in the journal and resume at the next start: keep stops quick.
-        grace_period_seconds: Some(1),
+        grace_period_seconds: Some(GRACE_PERIOD_SECONDS),
         graceful_shutdown_timeout_seconds: Some(5),
         pid_file: format!("{state_dir}/gateway.pid"),
         upgrade_sock: format!("{state_dir}/upgrade.sock"),

@@ -246,6 +246,16 @@ impl Gateway {
         assert!(status.success(), "kill -s {name} failed");
     }
 
+    /// Waits for the process to end on its own, after a `TERM` say.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut status = None;
+        wait_until("the gateway to exit", || {
+            status = self.child.try_wait().expect("ask after the gateway");
+            status.is_some()
+        });
+        status.expect("an exit status")
+    }
+
     /// The folder holding `gateway.yaml`, for tests that edit the configuration.
     pub fn config_dir(&self) -> PathBuf {
         self.config.parent().unwrap().to_path_buf()

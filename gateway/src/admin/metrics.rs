@@ -170,11 +170,17 @@ fn latency(text: &mut String, live: &[(&str, Arc<LiveWorkflow>)]) {
     }
 }
 
-/// How accepted runs ended, and the script failures among them.
+/// How accepted runs ended, and the script failures among them: for every workflow loaded,
+/// and for those removed whose runs still ended (a run journaled before its workflow went
+/// ends failed at the next start), so that the sum over workflows counts every run.
 fn run_ends(text: &mut String, state: &GatewayState, live: &[(&str, Arc<LiveWorkflow>)]) {
-    let ended: Vec<(&str, EndCounts)> = live
+    let mut ids: Vec<String> = live.iter().map(|(id, _)| id.to_string()).collect();
+    ids.extend(state.runs.ended().workflow_ids());
+    ids.sort();
+    ids.dedup();
+    let ended: Vec<(&str, EndCounts)> = ids
         .iter()
-        .map(|(id, _)| (*id, state.runs.ended().of(id)))
+        .map(|id| (id.as_str(), state.runs.ended().of(id)))
         .collect();
 
     let name = "webhook_gateway_runs_ended_total";

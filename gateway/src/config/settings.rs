@@ -396,7 +396,14 @@ fn backend_address(url: &str) -> Result<BackendAddress, String> {
     };
 
     let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+    if let Some((_, after)) = authority.rsplit_once('@') {
+        let host = after.split(['/', '?', '#']).next().unwrap_or_default();
+        // Not echoed: what comes before '@' is a user name and perhaps a password.
+        return Err(format!(
+            "the address of host {host:?} carries credentials; backends take none in the URL"
+        ));
+    }
+    if authority.is_empty() || authority.contains(['/', '?', '#']) {
         return Err(format!(
             "{url:?} must be scheme://host[:port], without a path"
         ));
@@ -429,4 +436,20 @@ fn backend_address(url: &str) -> Result<BackendAddress, String> {
         authority: authority.to_string(),
         socket,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_address_with_credentials_is_refused_without_echoing_them() {
+        let error = backend_address("http://user:s3cret@127.0.0.1:8080").unwrap_err();
+        assert!(error.contains("credentials"), "{error}");
+        assert!(error.contains("127.0.0.1:8080"), "{error}");
+        assert!(
+            !error.contains("s3cret") && !error.contains("user"),
+            "{error}"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use crate::config::{IdempotencySource, Workflow};
 use crate::error::GatewayError;
 use crate::http_reply::Reply;
 use crate::limits::{rate_limited, Gauge, Permit};
-use crate::metrics::{timed, Phase};
+use crate::metrics::{timed, Phase, PhaseLatency};
 use crate::network::{self, Caller};
 use crate::pipeline::Prepared;
 use crate::registry::LiveWorkflow;
@@ -35,13 +35,15 @@ pub struct Admitted {
     pub permits: Vec<Permit>,
 }
 
-/// The checks every request to a workflow's URLs passes before its body is used.
+/// The checks every request to a workflow's URLs passes before its body is used. The time of
+/// each goes to `latency`, when given (production URLs).
 pub async fn admit(
     session: &mut Session,
     state: &GatewayState,
     snapshot: &Snapshot,
     workflow: &Workflow,
     live: &LiveWorkflow,
+    latency: Option<&PhaseLatency>,
 ) -> Result<Admitted, GatewayError> {
     let request = session.req_header();
     let method = request.method.as_str();
@@ -52,7 +54,7 @@ pub async fn admit(
         });
     }
     let caller = caller_of(session, snapshot);
-    let key = timed(&live.latency, Phase::Auth, || {
+    let key = timed(latency, Phase::Auth, || {
         let keys = &snapshot.config.keys;
         keys.authenticate(&workflow.key_policy, &request.headers, request.uri.query())
     })?;
@@ -68,7 +70,9 @@ pub async fn admit(
     let total_timeout = snapshot.config.server.body_total_timeout;
     let reading = Instant::now();
     let body = read_body(session, workflow.max_body_bytes, declared, total_timeout).await;
-    live.latency.observe(Phase::Body, reading.elapsed());
+    if let Some(latency) = latency {
+        latency.observe(Phase::Body, reading.elapsed());
+    }
     let body = body?;
 
     // Over the bytes exactly as received, before anything parses them.
@@ -80,7 +84,7 @@ pub async fn admit(
             body: &body,
             url: &url,
         };
-        timed(&live.latency, Phase::Signature, || {
+        timed(latency, Phase::Signature, || {
             signature.verify(&signed, crate::signature::now())
         })?;
         take_tokens(state, workflow, key)?;

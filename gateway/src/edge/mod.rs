@@ -127,7 +127,10 @@ impl Edge {
             return answer.map(Answer::Reply);
         }
 
-        let admitted = admit(session, &self.state, &snapshot, &workflow, &live).await?;
+        // Test URLs run a traced pipeline of their own: their times would skew production's.
+        let production = routed.kind == UrlKind::Production;
+        let latency = production.then_some(&live.latency);
+        let admitted = admit(session, &self.state, &snapshot, &workflow, &live, latency).await?;
         ctx.permits = admitted.permits;
         let body = admitted.body;
         if routed.kind == UrlKind::Test {
@@ -213,7 +216,7 @@ impl Edge {
                 Ok(Answer::Relay(Box::new(exchange)))
             }
             ResponseMode::ReturnResults => {
-                let result = timed(&live.latency, Phase::Script, || {
+                let result = timed(Some(&live.latency), Phase::Script, || {
                     run_script(&snapshot, &workflow, &prepared, &run_id)
                 })?;
                 let reply = Reply::json(200, &result);
@@ -288,7 +291,7 @@ impl Edge {
             .ok_or(GatewayError::Internal)?;
 
         let script_result = match workflow.script {
-            Some(_) => Some(timed(&live.latency, Phase::Script, || {
+            Some(_) => Some(timed(Some(&live.latency), Phase::Script, || {
                 run_script(snapshot, workflow, prepared, run_id)
             })?),
             None => None,
