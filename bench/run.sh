@@ -4,16 +4,19 @@
 #   bench/run.sh                 # all scenarios, 8 s each
 #   DURATION=15 bench/run.sh     # longer runs
 #   SCENARIOS="journal" bench/run.sh   # some of: inline forward journal workflows
+#   GATEWAY_BIN=path/to/webhook-gateway bench/run.sh   # a gateway already built
 #
 # Scenarios (each the same 1 KB JSON POST with keep-alive, wrk: 1 thread, 32 connections):
 #   inline   gateway: API key + JSON Schema + 6-variable mapping + small script, result returned
 #            nginx:   `return 200` with a fixed JSON body
 #   forward  gateway: API key, body forwarded unchanged to a backend nginx, its answer relayed
 #            nginx:   `proxy_pass` to the same backend with an upstream keep-alive pool
-#   accept   gateway: the inline workflow with `response: accept`: each event written to the
+#   journal  gateway: the inline workflow with `response: accept`: each event written to the
 #            run journal (SQLite, group commit, fsync) before its 202, then run in the
 #            background; compared with the inline workflow answered synchronously (journal
 #            cost = 1 - accept/inline)
+#   workflows gateway: the inline workflow on a gateway loading 10,000 workflows (copies of it)
+#            and 1,000 API keys, against the same on one loading 10; resident memory of each
 #
 # wrk runs on CPU 0; the server under test and the backend nginx share CPU 1, one worker each.
 # Prints req/s and p99 side by side with the gateway/nginx ratio. Installs nginx and wrk
@@ -25,6 +28,12 @@ DURATION=${DURATION:-8}
 CONNECTIONS=${CONNECTIONS:-32}
 SCENARIOS=${SCENARIOS:-inline forward journal workflows}
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+for scenario in $SCENARIOS; do
+  case $scenario in
+    inline | forward | journal | workflows) ;;
+    *) echo "bench: unknown scenario '$scenario' (inline, forward, journal, workflows)" >&2; exit 2 ;;
+  esac
+done
 LOAD_CPU=${LOAD_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
 
@@ -35,8 +44,12 @@ if ! need nginx || ! need wrk; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 .ci/prereqs
-cargo build --release -q
-GATEWAY=$PWD/target/release/webhook-gateway
+if [ -n "${GATEWAY_BIN:-}" ]; then
+  GATEWAY=$(realpath "$GATEWAY_BIN")
+else
+  cargo build --release -q
+  GATEWAY=$PWD/target/release/webhook-gateway
+fi
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -48,8 +61,8 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 200); do
+wait_port() { # up to a minute: a debug build loading 10,000 workflows takes a dozen seconds
+  for _ in $(seq 1 1200); do
     (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.05
   done
@@ -145,6 +158,7 @@ EOF
 sed 's/^id: inline$/id: accept/; $a response: accept' "$WORK/gateway/workflows/inline.yaml" \
   >"$WORK/gateway/workflows/accept.yaml"
 start_pinned gateway "$GATEWAY" run --config "$WORK/gateway/gateway.yaml" --listen "127.0.0.1:$GATEWAY_PORT"
+MAIN_GATEWAY_PID=${PIDS[-1]}
 
 for port in "$BACKEND_PORT" "$NGINX_PORT" "$GATEWAY_PORT"; do wait_port "$port"; done
 url_of() {
@@ -185,7 +199,7 @@ measure() {
 to_ms() { # wrk prints 1.23ms, 456.00us or 1.02s
   python3 -c "
 v='$1'
-for unit, scale in (('us', 0.001), ('ms', 1.0), ('s', 1000.0)):
+for unit, scale in (('us', 0.001), ('ms', 1.0), ('m', 60000.0), ('s', 1000.0)):
     if v.endswith(unit):
         print(round(float(v[:-len(unit)]) * scale, 2)); break"
 }
@@ -247,6 +261,9 @@ PY
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 
 if wants workflows; then
+  # The first gateway's accepted runs may still be executing: stop it so they take no CPU.
+  kill "$MAIN_GATEWAY_PID" 2>/dev/null || true
+  wait "$MAIN_GATEWAY_PID" 2>/dev/null || true
   echo
   printf '%-9s %14s %10s %14s %10s %12s %10s %10s\n' scenario w10k_rps p99_ms w10_rps p99_ms rps_ratio rss10_MiB rss10k_MiB
   declare -A MANY_RPS MANY_P99 MANY_RSS
