@@ -257,7 +257,10 @@ CREATE TABLE IF NOT EXISTS runs (
     attempt_base INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs(workflow_id, run_id);
-CREATE INDEX IF NOT EXISTS runs_by_finish ON runs(finished_at);
+-- Ended runs only: an accepted run is not indexed here until it ends, which spares every
+-- append one index insert. Journals written before this index replace the full one.
+DROP INDEX IF EXISTS runs_by_finish;
+CREATE INDEX IF NOT EXISTS runs_ended_by_finish ON runs(finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS attempts (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     number INTEGER NOT NULL,
