@@ -1087,6 +1087,39 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_with_the_full_end_time_index_gets_the_partial_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db");
+        // The schema as it was: the same tables, every run indexed by its end time.
+        let old_schema = SCHEMA.replace("DROP INDEX IF EXISTS runs_by_finish;", "").replace(
+            "CREATE INDEX IF NOT EXISTS runs_ended_by_finish ON runs(finished_at) WHERE finished_at IS NOT NULL;",
+            "CREATE INDEX runs_by_finish ON runs(finished_at);",
+        );
+        assert_ne!(old_schema, SCHEMA);
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(&old_schema).unwrap();
+        drop(old);
+
+        let journal = Journal::open(&path, 16).unwrap();
+        let indexes: Vec<String> = journal
+            .read(|db| {
+                let mut statement =
+                    db.prepare("SELECT name FROM sqlite_master WHERE type = 'index'")?;
+                let names = statement.query_map([], |row| row.get(0))?;
+                names.collect()
+            })
+            .unwrap();
+        assert!(
+            indexes.contains(&"runs_ended_by_finish".to_string()),
+            "{indexes:?}"
+        );
+        assert!(
+            !indexes.contains(&"runs_by_finish".to_string()),
+            "{indexes:?}"
+        );
+    }
+
+    #[test]
     fn replay_reopens_finished_runs_only_and_counts_attempts_afresh() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(&dir.path().join("runs.db"), 16).unwrap();
