@@ -73,6 +73,9 @@ struct RunContext {
     ended: RunEnds,
     /// Set when the gateway stops: no run starts, and no attempt either.
     stopping: AtomicBool,
+    /// Given once the process handles stop signals: until then no run starts, so a stop
+    /// during start-up cannot cut a delivery short.
+    opened: tokio::sync::Notify,
     /// Runs executing, from their start to their end being handed to the journal, waits to
     /// retry left out: what a stop lets finish.
     busy: AtomicUsize,
@@ -176,6 +179,7 @@ impl RunPool {
             ended: RunEnds::default(),
             stopping: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
+            opened: tokio::sync::Notify::new(),
         });
 
         // Unbounded because `unfinished` bounds it: a run enters only once it is counted.
@@ -262,6 +266,11 @@ impl RunPool {
         }
     }
 
+    /// Lets runs start. Until this is called they wait in the queue (and in the journal).
+    pub fn open(&self) {
+        self.context.opened.notify_one();
+    }
+
     /// Prepares a stop: starts no more runs or attempts, waits up to `within` for the scripts
     /// and deliveries under way to end, then for the journal to hold everything it was given.
     /// What is left (a delivery still waiting on its backend) ends as a crash would: its
@@ -340,6 +349,7 @@ fn rebuild(
 /// back while it waits to retry, so at most `workers` execute at once and a backend that
 /// asks for patience holds up none of the other runs.
 async fn dispatch(mut receiver: mpsc::UnboundedReceiver<Job>, context: Arc<RunContext>) {
+    context.opened.notified().await;
     loop {
         let Ok(slot) = Arc::clone(&context.slots).acquire_owned().await else {
             return;

@@ -19,7 +19,7 @@ use crate::shared_state::{Embedded, SharedState};
 use arc_swap::ArcSwap;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use std::net::TcpListener;
@@ -292,7 +292,45 @@ pub fn run(config: Config) -> Result<(), String> {
         workflows = state.snapshot().config.workflows.len(),
         "gateway started"
     );
-    server.run_forever()
+    let signals = SignalsThenRuns {
+        state: Arc::clone(&state),
+    };
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    std::process::exit(0)
+}
+
+/// Pingora's stop signals (SIGTERM graceful, SIGINT at once, SIGQUIT for an upgrade), with one
+/// addition: the run pool opens only once they are handled. Pingora listens for them only
+/// after every service has started; a SIGTERM before that ends the process on the spot, which
+/// must not happen to a gateway already delivering the runs it resumed.
+struct SignalsThenRuns {
+    state: Arc<GatewayState>,
+}
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for SignalsThenRuns {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listening = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        let (Ok(mut upgrade), Ok(mut terminate), Ok(mut interrupt)) = listening else {
+            // Runs must still run; the process then stops the hard way, like a crash.
+            tracing::error!("cannot listen for stop signals; a stop will not drain the runs");
+            self.state.runs.open();
+            return std::future::pending().await;
+        };
+        self.state.runs.open();
+        tokio::select! {
+            _ = upgrade.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = terminate.recv() => ShutdownSignal::GracefulTerminate,
+            _ = interrupt.recv() => ShutdownSignal::FastShutdown,
+        }
+    }
 }
 
 /// Pingora binds each listener inside its service's thread and, when that fails, panics there

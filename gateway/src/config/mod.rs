@@ -259,7 +259,7 @@ impl<'a> Problems<'a> {
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),
             location: location.into(),
-            message: message.into(),
+            message: without_credentials(&message.into()),
         });
     }
 
@@ -372,4 +372,47 @@ pub(crate) fn read_yaml<T: DeserializeOwned>(
             problems.add(location, message);
         })
         .ok()
+}
+
+/// Replaces what sits between a URL's `://` and an `@` of the same address (a user name,
+/// perhaps a password) with `***`: problem texts quote values (a YAML type error quotes the
+/// whole string), and none may repeat a credential.
+pub(crate) fn without_credentials(text: &str) -> String {
+    let mut kept = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        kept.push_str(before);
+        let end = after
+            .find(|c: char| c.is_whitespace() || "\"'`/?#,]".contains(c))
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rsplit_once('@') {
+            Some((_, host)) => {
+                kept.push_str("***@");
+                kept.push_str(host);
+            }
+            None => kept.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    kept.push_str(rest);
+    kept
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::without_credentials;
+
+    #[test]
+    fn credentials_in_quoted_urls_are_masked() {
+        assert_eq!(
+            without_credentials(
+                r#"invalid type: string "http://al:pw@h:1/x", expected a sequence"#
+            ),
+            r#"invalid type: string "http://***@h:1/x", expected a sequence"#
+        );
+        assert_eq!(without_credentials("no url here"), "no url here");
+        assert_eq!(without_credentials("a://h b://u@h2"), "a://h b://***@h2");
+    }
 }

@@ -387,25 +387,26 @@ fn backend_settings(
 
 /// Parses `http://host:port` or `https://host:port` and resolves the host once, at load.
 fn backend_address(url: &str) -> Result<BackendAddress, String> {
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
-        (false, rest)
-    } else if let Some(rest) = url.strip_prefix("https://") {
-        (true, rest)
-    } else {
-        return Err(format!("{url:?} must start with http:// or https://"));
+    // Checked first, and never echoed: before an '@' come a user name and perhaps a password.
+    if let Some((_, after)) = url.rsplit_once('@') {
+        let host = after.split(['/', '?', '#']).next().unwrap_or_default();
+        return Err(format!(
+            "the address of host {host:?} carries credentials (user:password@); backends take none in the URL"
+        ));
+    }
+    // A query may carry a token: problems show the address without it.
+    let shown = url.split(['?', '#']).next().unwrap_or_default();
+    let scheme_end = url.find("://").map_or(0, |at| at + 3);
+    let (tls, rest) = match url[..scheme_end].to_ascii_lowercase().as_str() {
+        "http://" => (false, &url[scheme_end..]),
+        "https://" => (true, &url[scheme_end..]),
+        _ => return Err(format!("{shown:?} must start with http:// or https://")),
     };
 
     let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if let Some((_, after)) = authority.rsplit_once('@') {
-        let host = after.split(['/', '?', '#']).next().unwrap_or_default();
-        // Not echoed: what comes before '@' is a user name and perhaps a password.
-        return Err(format!(
-            "the address of host {host:?} carries credentials; backends take none in the URL"
-        ));
-    }
     if authority.is_empty() || authority.contains(['/', '?', '#']) {
         return Err(format!(
-            "{url:?} must be scheme://host[:port], without a path"
+            "{shown:?} must be scheme://host[:port], without a path or query"
         ));
     }
     let with_port = if authority
@@ -444,12 +445,27 @@ mod tests {
 
     #[test]
     fn a_backend_address_with_credentials_is_refused_without_echoing_them() {
-        let error = backend_address("http://user:s3cret@127.0.0.1:8080").unwrap_err();
-        assert!(error.contains("credentials"), "{error}");
-        assert!(error.contains("127.0.0.1:8080"), "{error}");
-        assert!(
-            !error.contains("s3cret") && !error.contains("user"),
-            "{error}"
-        );
+        for url in [
+            "http://user:s3cret@127.0.0.1:8080",
+            "HTTP://user:s3cret@127.0.0.1:8080",
+            "http:/user:s3cret@127.0.0.1:8080",
+            " http://user:s3cret@127.0.0.1:8080",
+            "ftp://user:s3cret@127.0.0.1:8080/x",
+        ] {
+            let error = backend_address(url).unwrap_err();
+            assert!(error.contains("credentials"), "{url}: {error}");
+            assert!(error.contains("127.0.0.1:8080"), "{url}: {error}");
+            assert!(!error.contains("s3cret"), "{url}: {error}");
+        }
+        let error = backend_address("http://127.0.0.1:8080/?token=s3cret").unwrap_err();
+        assert!(error.contains("without a path"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+
+    #[test]
+    fn a_scheme_in_capitals_is_still_http() {
+        let address = backend_address("HTTP://127.0.0.1:8080").unwrap();
+        assert!(!address.tls);
+        assert_eq!(address.socket.port(), 8080);
     }
 }
