@@ -30,13 +30,28 @@ fn run_ids_in(gateway: &Gateway, query: &str) -> Vec<String> {
         .collect()
 }
 
+/// A backend that takes `delay` over every request, then answers 200.
+fn slow_backend(delay: Duration) -> Backend {
+    Backend::start(move |_, _| {
+        std::thread::sleep(delay);
+        Reply::json(200, r#"{"ok":true}"#)
+    })
+}
+
+/// How many times the backend received each run, by its `Idempotency-Key` (the run id).
+fn deliveries_by_run(backend: &Backend) -> HashMap<String, usize> {
+    let mut deliveries: HashMap<String, usize> = HashMap::new();
+    for request in backend.requests().iter().filter(|r| r.path == "/events") {
+        let key = request.header("idempotency-key").unwrap().to_string();
+        *deliveries.entry(key).or_default() += 1;
+    }
+    deliveries
+}
+
 #[test]
 fn every_acknowledged_run_completes_after_a_sigkill_and_restart() {
     // A slow backend keeps runs waiting in the journal when the gateway is killed.
-    let backend = Backend::start(|_, _| {
-        std::thread::sleep(Duration::from_millis(15));
-        Reply::json(200, r#"{"ok":true}"#)
-    });
+    let backend = slow_backend(Duration::from_millis(15));
     let config = config_with(&backend, "  workers: 1\n  queue_capacity: 10000\n");
     let mut gateway = Gateway::custom(&[
         ("gateway.yaml", &config),
@@ -105,11 +120,7 @@ fn every_acknowledged_run_completes_after_a_sigkill_and_restart() {
 
     // Each acknowledged run reached the backend, and any run the backend saw more than once
     // has as many attempts on record: nothing ran twice unnoticed.
-    let mut deliveries: HashMap<String, usize> = HashMap::new();
-    for request in backend.requests().iter().filter(|r| r.path == "/events") {
-        let key = request.header("idempotency-key").unwrap().to_string();
-        *deliveries.entry(key).or_default() += 1;
-    }
+    let deliveries = deliveries_by_run(&backend);
     for run_id in &acknowledged {
         let delivered = deliveries.get(run_id).copied().unwrap_or(0);
         let attempts = records[run_id]["attempts"].as_array().unwrap().len();
@@ -123,10 +134,7 @@ fn every_acknowledged_run_completes_after_a_sigkill_and_restart() {
 
 #[test]
 fn a_stop_lets_deliveries_under_way_finish_and_starts_no_new_ones() {
-    let backend = Backend::start(|_, _| {
-        std::thread::sleep(Duration::from_millis(50));
-        Reply::json(200, r#"{"ok":true}"#)
-    });
+    let backend = slow_backend(Duration::from_millis(50));
     let config = config_with(&backend, "  workers: 2\n  queue_capacity: 10000\n");
     let mut gateway = Gateway::custom(&[
         ("gateway.yaml", &config),
@@ -160,11 +168,7 @@ fn a_stop_lets_deliveries_under_way_finish_and_starts_no_new_ones() {
         let attempts = record["attempts"].as_array().unwrap();
         assert_eq!(attempts.len(), 1, "no attempt was cut short: {record}");
     }
-    let mut deliveries: HashMap<String, usize> = HashMap::new();
-    for request in backend.requests().iter().filter(|r| r.path == "/events") {
-        let key = request.header("idempotency-key").unwrap().to_string();
-        *deliveries.entry(key).or_default() += 1;
-    }
+    let deliveries = deliveries_by_run(&backend);
     for run_id in &acknowledged {
         assert_eq!(deliveries.get(run_id), Some(&1), "run {run_id}");
     }
