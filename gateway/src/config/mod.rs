@@ -367,11 +367,29 @@ pub(crate) fn read_yaml<T: DeserializeOwned>(
             // The parser repeats the location at the end of its message.
             let message = message
                 .strip_suffix(&format!(" at {location}"))
-                .unwrap_or(&message)
-                .to_string();
-            problems.add(location, message);
+                .unwrap_or(&message);
+            problems.add(location, in_plain_words(message));
         })
         .ok()
+}
+
+/// The parser names Rust types ("expected usize"); an operator reads the kind of value.
+fn in_plain_words(message: &str) -> String {
+    const TYPES: [(&str, &str); 8] = [
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ];
+    let mut message = message.to_string();
+    for (rust, plain) in TYPES {
+        message = message.replace(rust, plain);
+    }
+    message
 }
 
 /// Replaces what sits between a URL's `://` and an `@` of the same address (a user name,
@@ -403,6 +421,14 @@ pub(crate) fn without_credentials(text: &str) -> String {
 #[cfg(test)]
 mod credential_tests {
     use super::without_credentials;
+
+    #[test]
+    fn type_errors_name_kinds_of_values_not_rust_types() {
+        assert_eq!(
+            super::in_plain_words("runs.threads: invalid type: string \"x\", expected usize"),
+            "runs.threads: invalid type: string \"x\", expected a whole number, 0 or more"
+        );
+    }
 
     #[test]
     fn credentials_in_quoted_urls_are_masked() {
