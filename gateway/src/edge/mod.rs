@@ -202,15 +202,7 @@ impl Edge {
             }
             ResponseMode::ReturnResults if workflow.forward.is_some() => {
                 let exchange = self
-                    .forward(
-                        &snapshot,
-                        &workflow,
-                        &live,
-                        &prepared,
-                        &body,
-                        &caller_method,
-                        ctx,
-                    )
+                    .forward(&snapshot, &workflow, &prepared, &body, &caller_method, ctx)
                     .await?;
                 ctx.pending_key = pending_key;
                 Ok(Answer::Relay(Box::new(exchange)))
@@ -272,12 +264,10 @@ impl Edge {
 
     /// Runs the script, if any, then sends the run to the backend and waits for its answer's
     /// header.
-    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         snapshot: &Snapshot,
         workflow: &Workflow,
-        live: &LiveWorkflow,
         prepared: &Prepared,
         body: &Bytes,
         caller_method: &str,
@@ -290,8 +280,9 @@ impl Edge {
             .get(&forward.backend)
             .ok_or(GatewayError::Internal)?;
 
+        let latency = ctx.live.as_ref().map(|live| &live.latency);
         let script_result = match workflow.script {
-            Some(_) => Some(timed(Some(&live.latency), Phase::Script, || {
+            Some(_) => Some(timed(latency, Phase::Script, || {
                 run_script(snapshot, workflow, prepared, run_id)
             })?),
             None => None,
@@ -311,7 +302,9 @@ impl Edge {
         );
         let sending = Instant::now();
         let exchange = client::start(&self.connector, pool, &request).await;
-        live.latency.observe(Phase::Forward, sending.elapsed());
+        if let Some(latency) = latency {
+            latency.observe(Phase::Forward, sending.elapsed());
+        }
         exchange.map_err(|error| error.into_gateway_error(&forward.backend))
     }
 
