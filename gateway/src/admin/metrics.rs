@@ -15,14 +15,26 @@ use std::sync::Arc;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// A family with samples for every workflow: name, type, help, and each sample's labels
-/// after `workflow` with its value.
-type PerWorkflow<'a> = (
+/// A family with samples for every workflow: name, type, help, and, from the workflow's
+/// values, each sample's labels after `workflow` with its value.
+type PerWorkflow<'a, T> = (
     &'a str,
     &'a str,
     &'a str,
-    &'a dyn Fn(&CounterValues) -> Vec<(String, u64)>,
+    &'a dyn Fn(&T) -> Vec<(String, u64)>,
 );
+
+/// Writes each family with one sample set per workflow of `rows`.
+fn per_workflow<T>(text: &mut String, rows: &[(&str, T)], families: &[PerWorkflow<'_, T>]) {
+    for (name, kind, help, samples) in families {
+        family(text, name, kind, help);
+        for (id, values) in rows {
+            for (labels, value) in samples(values) {
+                let _ = writeln!(text, "{name}{{workflow=\"{id}\"{labels}}} {value}");
+            }
+        }
+    }
+}
 
 pub fn render(state: &GatewayState) -> Reply {
     let snapshot = state.snapshot();
@@ -38,7 +50,7 @@ pub fn render(state: &GatewayState) -> Reply {
         .iter()
         .map(|(id, live)| (*id, live.counters.read()))
         .collect();
-    let families: [PerWorkflow; 4] = [
+    let families: [PerWorkflow<CounterValues>; 4] = [
         (
             "webhook_gateway_requests_total",
             "counter",
@@ -75,14 +87,7 @@ pub fn render(state: &GatewayState) -> Reply {
             &|values| vec![(String::new(), values.in_flight)],
         ),
     ];
-    for (name, kind, help, samples) in families {
-        family(&mut text, name, kind, help);
-        for (id, values) in &workflows {
-            for (labels, value) in samples(values) {
-                let _ = writeln!(text, "{name}{{workflow=\"{id}\"{labels}}} {value}");
-            }
-        }
-    }
+    per_workflow(&mut text, &workflows, &families);
 
     unrouted(&mut text, state);
     latency(&mut text, &live);
@@ -183,44 +188,35 @@ fn run_ends(text: &mut String, state: &GatewayState, live: &[(&str, Arc<LiveWork
         .map(|id| (id.as_str(), state.runs.ended().of(id)))
         .collect();
 
-    let name = "webhook_gateway_runs_ended_total";
-    family(
-        text,
-        name,
-        "counter",
-        "Accepted runs that ended, by final state.",
-    );
-    for (id, counts) in &ended {
-        let states = [
-            ("succeeded", counts.succeeded),
-            ("failed", counts.failed),
-            ("rejected", counts.rejected),
-            ("dead_lettered", counts.dead_lettered),
-        ];
-        for (run_state, value) in states {
-            let _ = writeln!(
-                text,
-                "{name}{{workflow=\"{id}\",state=\"{run_state}\"}} {value}"
-            );
-        }
-    }
-
-    let name = "webhook_gateway_run_script_failures_total";
-    family(
-        text,
-        name,
-        "counter",
-        "Accepted runs whose script failed (kind=\"error\") or ran out of time or operations (kind=\"timeout\").",
-    );
-    for (id, counts) in &ended {
-        let kinds = [
-            ("error", counts.script_errors),
-            ("timeout", counts.script_timeouts),
-        ];
-        for (kind, value) in kinds {
-            let _ = writeln!(text, "{name}{{workflow=\"{id}\",kind=\"{kind}\"}} {value}");
-        }
-    }
+    let families: [PerWorkflow<EndCounts>; 2] = [
+        (
+            "webhook_gateway_runs_ended_total",
+            "counter",
+            "Accepted runs that ended, by final state.",
+            &|counts| {
+                let states = [
+                    ("succeeded", counts.succeeded),
+                    ("failed", counts.failed),
+                    ("rejected", counts.rejected),
+                    ("dead_lettered", counts.dead_lettered),
+                ];
+                let label = |(state, value)| (format!(",state=\"{state}\""), value);
+                states.into_iter().map(label).collect()
+            },
+        ),
+        (
+            "webhook_gateway_run_script_failures_total",
+            "counter",
+            "Accepted runs whose script failed (kind=\"error\") or ran out of time or operations (kind=\"timeout\").",
+            &|counts| {
+                vec![
+                    (",kind=\"error\"".to_string(), counts.script_errors),
+                    (",kind=\"timeout\"".to_string(), counts.script_timeouts),
+                ]
+            },
+        ),
+    ];
+    per_workflow(text, &ended, &families);
 }
 
 /// How far the journal's writer is behind.
