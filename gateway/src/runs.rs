@@ -398,7 +398,9 @@ async fn execute(context: &Arc<RunContext>, job: Job, slot: Slot) {
             .map(|result| result.unwrap_or(Value::Null))
             .map_err(RunFailure::Final))
     } else {
-        deliver_with_retries(context, &job, slot, &mut busy).await
+        // Boxed: a delivery's future is tens of kilobytes, which script-only runs would
+        // otherwise allocate and copy too.
+        Box::pin(deliver_with_retries(context, &job, slot, &mut busy)).await
     };
     let Ok(outcome) = outcome else {
         tracing::info!(workflow.id = %job.workflow.id, run.id = %job.run_id, "run left for the next start");

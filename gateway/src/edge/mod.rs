@@ -138,9 +138,9 @@ impl Edge {
                 return Ok(Answer::Reply(reply));
             }
             let kept = keep_sample(session, &workflow, &live, SampleSource::Test, &body);
-            let reply = self
-                .trace(session, &snapshot, &workflow, &body, kept, ctx)
-                .await;
+            // Boxed, like forwarding below: their futures would otherwise make every
+            // request's future tens of kilobytes larger.
+            let reply = Box::pin(self.trace(session, &snapshot, &workflow, &body, kept, ctx)).await;
             return Ok(Answer::Reply(reply));
         }
 
@@ -559,7 +559,7 @@ impl ProxyHttp for Edge {
     ) -> pingora::Result<bool> {
         let reply = match self.process(session, ctx).await {
             Ok(Answer::Relay(exchange)) => {
-                self.relay(session, *exchange, ctx).await?;
+                Box::pin(self.relay(session, *exchange, ctx)).await?;
                 return Ok(true);
             }
             Ok(Answer::Reply(reply)) => reply,

@@ -142,7 +142,10 @@ pub async fn start(
     pool: &Arc<BackendPool>,
     request: &UpstreamRequest,
 ) -> Result<Exchange, ForwardError> {
-    let work = start_within(connector, pool, request);
+    // Pingora's connection futures take tens of kilobytes. Boxed here, they stay out of the
+    // futures of everything that may forward, which every request and run would otherwise
+    // allocate and copy whether it forwards or not.
+    let work = Box::pin(start_within(connector, pool, request));
     within(pool.settings.total_timeout, "an answer", work).await
 }
 
