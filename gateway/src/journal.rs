@@ -365,7 +365,10 @@ impl Journal {
         let (stop_checkpoints, stopped) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("journal-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, stopped))
+            .spawn(move || {
+                crate::background::mark_as_batch();
+                checkpoint_loop(checkpointer, stopped)
+            })
             .map_err(|error| format!("cannot start the journal checkpointer: {error}"))?;
 
         let (changes, receiver) = mpsc::sync_channel(capacity);
@@ -373,7 +376,10 @@ impl Journal {
         let writer_stats = Arc::clone(&stats);
         std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || write_loop(writer, receiver, &writer_stats))
+            .spawn(move || {
+                crate::background::mark_as_batch();
+                write_loop(writer, receiver, &writer_stats)
+            })
             .map_err(|error| format!("cannot start the journal writer: {error}"))?;
         Ok(Self {
             path: path.to_path_buf(),

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod auth;
 pub mod authoring;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod edge;

@@ -128,12 +128,32 @@ pub fn map(
         query: &query,
     })?;
 
+    // Only a script that names them and a forward (which passes some on) read the headers.
+    let reads_headers = workflow.forward.is_some()
+        || workflow
+            .script
+            .as_ref()
+            .is_some_and(|script| script.reads_headers());
+    let headers = if reads_headers {
+        visible_headers(parts.headers)
+    } else {
+        Map::new()
+    };
     Ok(Prepared {
         event,
         variables,
-        headers: visible_headers(parts.headers),
+        headers,
         query: first_values(query),
     })
+}
+
+/// Whether anything after the mapping reads the decoded event: only a script that names
+/// `event` does (a forward sends the original body, the script's result or the variables).
+pub fn event_read_after_mapping(workflow: &Workflow) -> bool {
+    workflow
+        .script
+        .as_ref()
+        .is_some_and(|script| script.reads_event())
 }
 
 /// Whether anything reads the parsed event: a schema, a body pointer or a script. A workflow

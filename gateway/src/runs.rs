@@ -169,6 +169,7 @@ impl RunPool {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(settings.threads)
             .thread_name("runs")
+            .on_thread_start(crate::background::mark_as_batch)
             .enable_all()
             .build()?;
         let context = Arc::new(RunContext {
@@ -415,7 +416,6 @@ async fn execute(context: &Arc<RunContext>, job: Job, slot: Slot) {
         started,
         outcome,
     );
-    tracing::info!(workflow.id = %job.workflow.id, run.id = %job.run_id, "run finished");
     drop(busy);
 }
 
@@ -554,9 +554,31 @@ fn end(
     let state = outcome.state;
     let code = outcome.error.as_ref().map(|error| error.code.as_str());
     context.ended.count(workflow_id, state, code);
+    log_end(workflow_id, run_id, state, code);
     context.shared.journal().finish(run_id, outcome);
     context.unfinished.fetch_sub(1, Ordering::AcqRel);
-    tracing::debug!(run.id = %run_id, run.state = state.as_str(), "run ended");
+}
+
+/// One line per run end: at info for a run that did not succeed, at debug for one that did.
+/// A success is in the metrics and the journal already; a line for each would cost about as
+/// much as the request's own log line, on the core that serves requests.
+fn log_end(workflow_id: &str, run_id: &str, state: RunState, error_code: Option<&str>) {
+    if state == RunState::Succeeded {
+        tracing::debug!(
+            workflow.id = workflow_id,
+            run.id = run_id,
+            run.state = state.as_str(),
+            "run ended"
+        );
+        return;
+    }
+    tracing::info!(
+        workflow.id = workflow_id,
+        run.id = run_id,
+        run.state = state.as_str(),
+        error.code = error_code.unwrap_or("-"),
+        "run ended"
+    );
 }
 
 /// One attempt: the script, then the delivery. Returns the backend's status when it answered.

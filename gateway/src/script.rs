@@ -198,6 +198,18 @@ pub struct CompiledScript {
     pub timeout: Duration,
 }
 
+impl CompiledScript {
+    /// Whether the script may read `event`, the whole decoded payload.
+    pub fn reads_event(&self) -> bool {
+        self.uses.event
+    }
+
+    /// Whether the script may read `headers`.
+    pub fn reads_headers(&self) -> bool {
+        self.uses.headers
+    }
+}
+
 impl std::fmt::Debug for CompiledScript {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "CompiledScript({})", self.file.display())

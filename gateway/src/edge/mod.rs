@@ -158,7 +158,7 @@ impl Edge {
             body: &body,
         };
         let limits = &snapshot.config.limits;
-        let prepared = pipeline::prepare_timed(&workflow, limits, &parts, &live.latency)?;
+        let mut prepared = pipeline::prepare_timed(&workflow, limits, &parts, &live.latency)?;
         let caller_method = request.method.to_string();
         let pending_key = match claim_key(&self.state, &workflow, &request.headers, &prepared)? {
             Keyed::Unkeyed => None,
@@ -175,6 +175,11 @@ impl Edge {
         ctx.run_id = Some(run_id.clone());
         match workflow.response {
             ResponseMode::Accept => {
+                if !pipeline::event_read_after_mapping(&workflow) {
+                    // Freed here, by the thread that built it, rather than by the run pool's
+                    // thread, where freeing costs more; the run never reads it.
+                    prepared.event = serde_json::Value::Null;
+                }
                 let input = RunInput {
                     run_id: run_id.clone(),
                     workflow_id: workflow.id.clone(),
