@@ -34,6 +34,51 @@ fn accepted_run_records_its_result() {
 }
 
 #[test]
+fn accepted_runs_read_the_event_and_headers_and_log_only_ends_that_did_not_succeed() {
+    let peek = "let n = event.items[0].n;\nif n < 0 { reject(400, \"negative\") }\n#{ n: n, agent: headers[\"x-agent\"] }";
+    let gateway = Gateway::custom(&[
+        (
+            "workflows/peek.yaml",
+            "id: peek\nresponse: accept\nscript: peek.rhai\n",
+        ),
+        ("scripts/peek.rhai", peek),
+    ]);
+    let post = |n: i64| {
+        let body = format!(r#"{{"items":[{{"n":{n}}}]}}"#);
+        let request = Request::post(&gateway.path("peek"), body)
+            .header("x-api-key", TEST_KEY)
+            .header("x-agent", "probe/1");
+        let response = gateway.send(&request);
+        assert_eq!(response.status, 202, "{}", response.text());
+        response.json()["run_id"].as_str().unwrap().to_string()
+    };
+    let succeeded = post(5);
+    let rejected = post(-1);
+
+    let record = gateway.wait_for_run(&succeeded);
+    assert_eq!(record["state"], "succeeded");
+    assert_eq!(
+        record["result"],
+        serde_json::json!({"n": 5, "agent": "probe/1"})
+    );
+    assert_eq!(gateway.wait_for_run(&rejected)["state"], "rejected");
+
+    let log = gateway.log();
+    let ended = |run_id: &str| {
+        log.lines()
+            .find(|line| line.contains("run ended") && line.contains(run_id))
+            .map(str::to_string)
+    };
+    let line =
+        ended(&rejected).unwrap_or_else(|| panic!("no end line for the rejected run:\n{log}"));
+    assert!(line.contains("rejected"), "{line}");
+    assert!(
+        ended(&succeeded).is_none(),
+        "a success is logged at debug only:\n{log}"
+    );
+}
+
+#[test]
 fn accepted_run_that_rejects_is_recorded_as_rejected() {
     let gateway = gateway();
     let response = gateway.post_json(&gateway.path("quick"), r#"{"n": -1}"#);
