@@ -14,7 +14,7 @@
 #   journal  gateway: the inline workflow with `response: accept`: each event written to the
 #            run journal (SQLite, group commit, fsync) before its 202, then run in the
 #            background; compared with the inline workflow answered synchronously (journal
-#            cost = 1 - accept/inline)
+#            cost = 1 - accept/inline), by throughput and by the gateway's CPU time per request
 #   workflows gateway: the inline workflow on a gateway loading 10,000 workflows (copies of it)
 #            and 1,000 API keys, against the same on one loading 10; resident memory of each
 #
@@ -221,13 +221,33 @@ done
 # The journal's cost: the same workflow accepted (journaled, 202, run in the background)
 # against answered inline, measured again just before so that both come from the same minute.
 # Sync goes first: accepted runs left running would take CPU from whatever comes next.
+# Besides throughput, the gateway's CPU time per request (user + system, all its threads,
+# accepted runs' background work included): steadier than req/s on a shared machine.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$MAIN_GATEWAY_PID/stat"; }
+settled_cpu_ticks() { # once the background runs are done: CPU time stops growing
+  local previous=-1 now
+  while now=$(cpu_ticks) && [ "$now" != "$previous" ]; do previous=$now; sleep 0.3; done
+  echo "$now"
+}
+cpu_us_per_request() { # ticks-before ticks-after req/s
+  python3 -c "print(round(($2 - $1) / $(getconf CLK_TCK) * 1e6 / ($3 * $DURATION), 1))"
+}
+
 if wants journal; then
+  before=$(settled_cpu_ticks)
   read -r s_rps s_p99 < <(measure "$INLINE_URL")
+  middle=$(settled_cpu_ticks)
   read -r a_rps a_p99 < <(measure "$ACCEPT_URL")
+  after=$(settled_cpu_ticks)
+  s_cpu=$(cpu_us_per_request "$before" "$middle" "$s_rps")
+  a_cpu=$(cpu_us_per_request "$middle" "$after" "$a_rps")
   echo
-  printf '%-9s %14s %10s %14s %10s %12s\n' scenario accept_rps p99_ms sync_rps p99_ms rps_ratio
+  printf '%-9s %14s %10s %14s %10s %12s %12s %12s %12s\n' scenario accept_rps p99_ms sync_rps p99_ms rps_ratio \
+    accept_cpu_us sync_cpu_us cpu_ratio
   ratio=$(python3 -c "print(round($a_rps / $s_rps, 2))")
-  printf '%-9s %14s %10s %14s %10s %12s\n' journal "$a_rps" "$a_p99" "$s_rps" "$s_p99" "$ratio"
+  cpu_ratio=$(python3 -c "print(round($s_cpu / $a_cpu, 2))")
+  printf '%-9s %14s %10s %14s %10s %12s %12s %12s %12s\n' journal "$a_rps" "$a_p99" "$s_rps" "$s_p99" "$ratio" \
+    "$a_cpu" "$s_cpu" "$cpu_ratio"
   runs_left=$(python3 - "$WORK/gateway/state/runs.db" <<'PY'
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
