@@ -79,6 +79,32 @@ fn accepted_runs_read_the_event_and_headers_and_log_only_ends_that_did_not_succe
 }
 
 #[test]
+fn a_run_record_shows_results_and_bodies_nested_as_deep_as_the_intake_accepts() {
+    let gateway = Gateway::custom(&[(
+        "workflows/nested.yaml",
+        "id: nested\nresponse: accept\nmapping:\n  a: { pointer: /a }\n",
+    )]);
+    // Deeper than serde_json's default reading limit of 128, within the default 256.
+    let depth = 200;
+    let body = format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+    let response = gateway.post_json(&gateway.path("nested"), &body);
+    assert_eq!(response.status, 202, "{}", response.text());
+
+    let record = gateway.wait_for_run(response.json()["run_id"].as_str().unwrap());
+    assert_eq!(record["state"], "succeeded");
+    let mapped = &body[r#"{"a":"#.len()..body.len() - 1];
+    assert_eq!(
+        record["result"]["a"].to_string(),
+        mapped,
+        "the whole result, as JSON"
+    );
+
+    let run_id = record["run_id"].as_str().unwrap();
+    let shown = gateway.admin_get(&format!("/api/v1/runs/{run_id}")).json();
+    assert!(shown["input"]["body"].is_object(), "{}", shown["input"]);
+}
+
+#[test]
 fn accepted_run_that_rejects_is_recorded_as_rejected() {
     let gateway = gateway();
     let response = gateway.post_json(&gateway.path("quick"), r#"{"n": -1}"#);

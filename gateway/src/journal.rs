@@ -720,7 +720,10 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         accepted_at: rfc3339(row.get(3)?),
         started_at: row.get::<_, Option<i64>>(4)?.map(rfc3339),
         finished_at: row.get::<_, Option<i64>>(5)?.map(rfc3339),
-        result: result.and_then(|text| serde_json::from_str(&text).ok()),
+        // Kept as text if it does not read back as JSON, rather than left out.
+        result: result.map(|text| {
+            crate::payload::parse_recorded(text.as_bytes()).unwrap_or(Value::String(text))
+        }),
         error: error.and_then(|text| {
             let value: Value = serde_json::from_str(&text).ok()?;
             Some(RunError {

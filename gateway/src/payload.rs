@@ -143,6 +143,20 @@ pub fn parse_json(body: &[u8], max_depth: usize) -> Result<Value, GatewayError> 
     Ok(value)
 }
 
+/// How deep JSON the gateway reads back from its own records may nest: run results, journaled
+/// bodies and backend answers. It is the most `limits.max_json_depth` allows, so whatever the
+/// intake accepted reads back as JSON; serde_json alone would stop at 128 levels.
+pub const RECORDED_MAX_DEPTH: usize = 1024;
+
+/// Recorded bytes as JSON; `None` when they are empty, not JSON, or nest deeper than
+/// [`RECORDED_MAX_DEPTH`], for the caller to show as text instead.
+pub fn parse_recorded(bytes: &[u8]) -> Option<Value> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    parse_json(bytes, RECORDED_MAX_DEPTH).ok()
+}
+
 /// Checks that a body is one well-formed JSON document within the depth limit, without
 /// building it: for workflows that use none of the event's contents.
 pub fn validate_json(body: &[u8], max_depth: usize) -> Result<(), GatewayError> {

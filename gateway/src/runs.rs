@@ -707,8 +707,8 @@ struct Answer {
 
 impl Answer {
     fn clone_result(&self) -> Value {
-        let body = serde_json::from_slice::<Value>(&self.body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.body).into_owned()));
+        let body = crate::payload::parse_recorded(&self.body)
+            .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&self.body).into_owned()));
         json!({ "status": self.status, "body": body, "body_truncated": self.truncated })
     }
 }

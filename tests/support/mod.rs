@@ -536,7 +536,10 @@ impl Response {
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
+        // Answers may nest deeper than serde_json's default limit of 128 levels.
+        let mut reader = serde_json::Deserializer::from_slice(&self.body);
+        reader.disable_recursion_limit();
+        serde::Deserialize::deserialize(&mut reader)
             .unwrap_or_else(|e| panic!("not json ({e}): {:?} {}", self.status, self.text()))
     }
 

@@ -57,8 +57,8 @@ fn redacted_input(input: &RunInput) -> Value {
             (name.clone(), Value::String(shown))
         })
         .collect();
-    let body = serde_json::from_slice::<Value>(&input.body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&input.body).into_owned()));
+    let body = crate::payload::parse_recorded(&input.body)
+        .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&input.body).into_owned()));
     json!({
         "method": input.method,
         "headers": headers,
