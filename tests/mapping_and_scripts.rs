@@ -161,6 +161,34 @@ fn runtime_error_is_500_with_the_run_id_and_no_internals() {
 }
 
 #[test]
+fn a_script_error_is_logged_without_the_payload_values_it_quotes() {
+    let gateway = Gateway::custom(&[
+        (
+            "workflows/pin.yaml",
+            "id: pin\nmapping:\n  pin: { pointer: /pin }\nscript: pin.rhai\n",
+        ),
+        ("scripts/pin.rhai", "parse_int(pin) + 1"),
+    ]);
+    let response = gateway.post_json(&gateway.path("pin"), r#"{"pin":"secret-4711"}"#);
+    assert_eq!(response.status, 500, "{}", response.text());
+    let run_id = response.json()["error"]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let log = gateway.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&run_id) && l.contains("script failed"))
+        .unwrap_or_else(|| panic!("no script failure line:\n{log}"));
+    assert!(
+        line.contains("parse_int") || line.contains("integer"),
+        "{line}"
+    );
+    assert!(!log.contains("secret-4711"), "{log}");
+}
+
+#[test]
 fn endless_script_is_stopped_by_the_clock_with_504() {
     let gateway = sandbox();
     let started = std::time::Instant::now();

@@ -274,17 +274,38 @@ fn into_gateway_error(failure: ScriptFailure, workflow: &Workflow, run_id: &str)
             GatewayError::ScriptError
         }
         ScriptFailure::Runtime(detail) => {
-            // The detail stays in the log: it can quote script source and payload values.
+            // The detail stays out of the answer; the log gets it without the values it
+            // quotes, which can come from the payload. The test URL shows it whole.
             tracing::warn!(
                 workflow.id = %workflow.id,
                 run.id = run_id,
                 script.file = %script_name(workflow),
-                error.detail = %detail,
+                error.detail = %quoted_values_hidden(&detail),
                 "script failed"
             );
             GatewayError::ScriptError
         }
     }
+}
+
+/// `detail` with every quoted stretch ('...' or "...") replaced by `'…'`: the script engine
+/// quotes the values it failed on ("Error parsing integer number 'x'"), and a value may be
+/// part of a payload. A stray apostrophe hides more than needed, never less.
+pub fn quoted_values_hidden(detail: &str) -> String {
+    let mut shown = String::with_capacity(detail.len());
+    let mut open_quote = None;
+    for c in detail.chars() {
+        match (open_quote, c) {
+            (None, '\'' | '"') => {
+                open_quote = Some(c);
+                shown.push_str("'…'");
+            }
+            (None, _) => shown.push(c),
+            (Some(quote), _) if c == quote => open_quote = None,
+            (Some(_), _) => {}
+        }
+    }
+    shown
 }
 
 fn script_name(workflow: &Workflow) -> String {
@@ -325,4 +346,23 @@ fn visible_headers(headers: &HeaderMap) -> Map<String, Value> {
         map.insert(name.as_str().to_string(), Value::String(joined));
     }
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quoted_values_hidden;
+
+    #[test]
+    fn quoted_values_are_hidden_and_the_rest_is_kept() {
+        assert_eq!(
+            quoted_values_hidden("Error parsing integer number 'pw-123': invalid digit (line 1)"),
+            "Error parsing integer number '…': invalid digit (line 1)"
+        );
+        assert_eq!(
+            quoted_values_hidden(r#"Property not found: "a b" in 'x' and "y""#),
+            "Property not found: '…' in '…' and '…'"
+        );
+        assert_eq!(quoted_values_hidden("unclosed 'rest of it"), "unclosed '…'");
+        assert_eq!(quoted_values_hidden("no quotes"), "no quotes");
+    }
 }
