@@ -105,6 +105,24 @@ fn a_run_record_shows_results_and_bodies_nested_as_deep_as_the_intake_accepts() 
 }
 
 #[test]
+fn a_run_record_shows_a_repeated_header_with_its_values_joined() {
+    let gateway = gateway();
+    let request = Request::post(&gateway.path("quick"), r#"{"n": 1}"#)
+        .header("x-api-key", TEST_KEY)
+        .header("x-tag", "first")
+        .header("x-tag", "second");
+    let response = gateway.send(&request);
+    assert_eq!(response.status, 202, "{}", response.text());
+
+    let record = gateway.wait_for_run(response.json()["run_id"].as_str().unwrap());
+    assert_eq!(record["input"]["headers"]["x-tag"], "first, second");
+    assert_eq!(
+        record["input"]["headers"]["x-api-key"],
+        serde_json::Value::Null
+    );
+}
+
+#[test]
 fn accepted_run_that_rejects_is_recorded_as_rejected() {
     let gateway = gateway();
     let response = gateway.post_json(&gateway.path("quick"), r#"{"n": -1}"#);

@@ -405,3 +405,23 @@ fn plain_text_is_one_string_where_the_workflow_accepts_it() {
         "json is not listed"
     );
 }
+
+#[test]
+fn text_that_is_not_utf8_is_invalid_json_whether_or_not_a_tree_is_built() {
+    // `plain` reads nothing of the body, so its syntax is checked without building a tree;
+    // `mapped` builds one. Both must refuse the same body.
+    let gateway = Gateway::custom(&[
+        ("workflows/plain.yaml", "id: plain\n"),
+        (
+            "workflows/mapped.yaml",
+            "id: mapped\nmapping:\n  a: { pointer: /a }\n",
+        ),
+    ]);
+    for workflow in ["plain", "mapped"] {
+        let request = Request::post(&gateway.path(workflow), b"{\"a\":\"\xff\xfe\"}".to_vec())
+            .header("x-api-key", TEST_KEY);
+        let response = gateway.send(&request);
+        assert_eq!(response.status, 400, "{workflow}: {}", response.text());
+        assert_eq!(response.error_code(), "invalid_json", "{workflow}");
+    }
+}

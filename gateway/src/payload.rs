@@ -164,6 +164,14 @@ pub fn validate_json(body: &[u8], max_depth: usize) -> Result<(), GatewayError> 
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
+    // Skipping a string does not decode it, so text that is not UTF-8 (which JSON must be,
+    // RFC 8259 §8.1) is caught here, as building the tree would.
+    if let Err(error) = std::str::from_utf8(body) {
+        return Err(GatewayError::InvalidJson(format!(
+            "the body is not UTF-8 text (byte {})",
+            error.valid_up_to()
+        )));
+    }
     if nesting_exceeds(body, max_depth) {
         return Err(GatewayError::JsonTooDeep { limit: max_depth });
     }

@@ -45,18 +45,24 @@ pub fn show(state: &GatewayState, run_id: &str) -> Result<Reply, GatewayError> {
 }
 
 fn redacted_input(input: &RunInput) -> Value {
-    let headers: serde_json::Map<String, Value> = input
-        .headers
-        .iter()
-        .map(|(name, value)| {
-            let shown = if crate::forward::looks_secret(name) {
-                crate::authoring::samples::REDACTED.to_string()
-            } else {
-                value.clone()
-            };
-            (name.clone(), Value::String(shown))
-        })
-        .collect();
+    // A repeated header shows its values joined with ", ", as the run itself saw them.
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &input.headers {
+        let shown = if crate::forward::looks_secret(name) {
+            crate::authoring::samples::REDACTED
+        } else {
+            value.as_str()
+        };
+        match headers.get_mut(name) {
+            Some(Value::String(joined)) => {
+                joined.push_str(", ");
+                joined.push_str(shown);
+            }
+            _ => {
+                headers.insert(name.clone(), Value::String(shown.to_string()));
+            }
+        }
+    }
     let body = crate::payload::parse_recorded(&input.body)
         .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&input.body).into_owned()));
     json!({
