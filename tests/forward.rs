@@ -143,6 +143,20 @@ fn original_body_of_one_mib_arrives_byte_for_byte() {
 }
 
 #[test]
+fn a_repeated_content_type_is_forwarded_as_the_one_the_body_was_decoded_by() {
+    let backend = Backend::ok();
+    let gateway = gateway_for(&backend);
+    let request = Request::post(&gateway.path("original"), r#"{"n": 1}"#)
+        .header("x-api-key", TEST_KEY)
+        .header("content-type", "text/plain");
+    let response = gateway.send(&request);
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    let received = only(backend.wait_for(1));
+    assert_eq!(received.header("content-type"), Some("application/json"));
+}
+
+#[test]
 fn script_result_is_what_gets_forwarded() {
     let backend = Backend::ok();
     let gateway = gateway_for(&backend);

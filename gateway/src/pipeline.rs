@@ -37,6 +37,9 @@ pub struct Prepared {
     pub headers: Map<String, Value>,
     /// The first value of each query parameter.
     pub query: Map<String, Value>,
+    /// The caller's `Content-Type`: the first one when repeated, the one the body was
+    /// decoded by.
+    pub content_type: Option<String>,
 }
 
 /// Decodes, validates and maps a request for `workflow`.
@@ -139,11 +142,16 @@ pub fn map(
     } else {
         Map::new()
     };
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     Ok(Prepared {
         event,
         variables,
         headers,
         query: first_values(query),
+        content_type,
     })
 }
 

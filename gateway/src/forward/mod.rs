@@ -268,11 +268,7 @@ pub fn build_request(
 }
 
 fn caller_content_type(prepared: &Prepared) -> Option<String> {
-    prepared
-        .headers
-        .get("content-type")
-        .and_then(Value::as_str)
-        .map(str::to_string)
+    prepared.content_type.clone()
 }
 
 fn json_bytes(value: &Value) -> Bytes {
