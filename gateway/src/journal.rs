@@ -243,10 +243,6 @@ CREATE TABLE IF NOT EXISTS runs (
     workflow_id TEXT NOT NULL,
     config_version INTEGER NOT NULL,
     request_id TEXT NOT NULL,
-    method TEXT NOT NULL,
-    headers TEXT NOT NULL,
-    query TEXT,
-    body BLOB NOT NULL,
     state TEXT NOT NULL,
     accepted_at INTEGER NOT NULL,
     started_at INTEGER,
@@ -261,6 +257,21 @@ CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs(workflow_id, run_id);
 -- append one index insert. Journals written before this index replace the full one.
 DROP INDEX IF EXISTS runs_by_finish;
 CREATE INDEX IF NOT EXISTS runs_ended_by_finish ON runs(finished_at) WHERE finished_at IS NOT NULL;
+-- What a run was accepted with, apart from its state: rows of `runs` stay small, so the
+-- updates of a run's state and end rewrite a few hundred bytes, not the whole body. Journals
+-- that kept these columns in `runs` have them moved here when opened.
+CREATE TABLE IF NOT EXISTS run_inputs (
+    run_id TEXT PRIMARY KEY,
+    method TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    query TEXT,
+    body BLOB NOT NULL
+);
+-- A trigger rather than a foreign key: the key would cost every append a lookup of its run.
+CREATE TRIGGER IF NOT EXISTS run_inputs_go_with_their_run AFTER DELETE ON runs
+BEGIN
+    DELETE FROM run_inputs WHERE run_id = old.run_id;
+END;
 CREATE TABLE IF NOT EXISTS attempts (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     number INTEGER NOT NULL,
@@ -271,6 +282,27 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (run_id, number)
 );
 ";
+
+/// Journals written before `run_inputs` existed kept each run's input in `runs`: moves it
+/// there, in one transaction, once.
+fn move_inputs_out_of_runs(db: &mut Connection) -> rusqlite::Result<()> {
+    let keeps_inputs = db
+        .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'body'")?
+        .exists([])?;
+    if !keeps_inputs {
+        return Ok(());
+    }
+    let transaction = db.transaction()?;
+    transaction.execute_batch(
+        "INSERT OR REPLACE INTO run_inputs (run_id, method, headers, query, body)
+             SELECT run_id, method, headers, query, body FROM runs;
+         ALTER TABLE runs DROP COLUMN method;
+         ALTER TABLE runs DROP COLUMN headers;
+         ALTER TABLE runs DROP COLUMN query;
+         ALTER TABLE runs DROP COLUMN body;",
+    )?;
+    transaction.commit()
+}
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let connection = Connection::open(path)?;
@@ -354,8 +386,9 @@ impl Journal {
             std::fs::create_dir_all(parent)
                 .map_err(|error| format!("{}: {error}", parent.display()))?;
         }
-        let writer = open_connection(path).map_err(describe)?;
+        let mut writer = open_connection(path).map_err(describe)?;
         writer.execute_batch(SCHEMA).map_err(describe)?;
+        move_inputs_out_of_runs(&mut writer).map_err(describe)?;
         // Checkpoints run on their own thread, not inside the writer's commits.
         writer
             .pragma_update(None, "wal_autocheckpoint", 0)
@@ -509,7 +542,7 @@ impl RunJournal for Journal {
     fn input(&self, run_id: &str) -> Result<Option<RunInput>, String> {
         self.read(|db| {
             db.query_row(
-                &format!("SELECT {INPUT_COLUMNS} FROM runs WHERE run_id = ?1"),
+                &format!("SELECT {INPUT_COLUMNS} FROM {RUNS_WITH_INPUTS} WHERE runs.run_id = ?1"),
                 [run_id],
                 input_from_row,
             )
@@ -542,8 +575,8 @@ impl RunJournal for Journal {
             let mut statement = db.prepare(&format!(
                 "SELECT {INPUT_COLUMNS}, attempt_base,
                         (SELECT COUNT(*) FROM attempts a WHERE a.run_id = runs.run_id)
-                 FROM runs WHERE state IN ('accepted', 'running', 'retrying')
-                 ORDER BY run_id"
+                 FROM {RUNS_WITH_INPUTS} WHERE state IN ('accepted', 'running', 'retrying')
+                 ORDER BY runs.run_id"
             ))?;
             let rows = statement.query_map([], |row| {
                 let input = input_from_row(row)?;
@@ -606,7 +639,10 @@ impl RunJournal for Journal {
                 )?;
                 if changed == 1 {
                     let resumable = transaction.query_row(
-                        &format!("SELECT {INPUT_COLUMNS}, attempt_base FROM runs WHERE run_id = ?1"),
+                        &format!(
+                            "SELECT {INPUT_COLUMNS}, attempt_base FROM {RUNS_WITH_INPUTS}
+                             WHERE runs.run_id = ?1"
+                        ),
                         [run_id],
                         |row| {
                             Ok(Resumable {
@@ -706,8 +742,10 @@ impl Journal {
 
 const RECORD_COLUMNS: &str =
     "run_id, workflow_id, state, accepted_at, started_at, finished_at, result, error, replays";
-const INPUT_COLUMNS: &str =
-    "run_id, workflow_id, config_version, request_id, method, headers, query, body";
+/// The columns [`input_from_row`] reads, from [`RUNS_WITH_INPUTS`].
+const INPUT_COLUMNS: &str = "runs.run_id, runs.workflow_id, runs.config_version, runs.request_id,
+     run_inputs.method, run_inputs.headers, run_inputs.query, run_inputs.body";
+const RUNS_WITH_INPUTS: &str = "runs JOIN run_inputs ON run_inputs.run_id = runs.run_id";
 
 fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     let state: String = row.get(2)?;
@@ -922,20 +960,27 @@ fn apply(db: &Connection, change: &Change) -> rusqlite::Result<()> {
         Change::Append(input) => {
             let headers = serde_json::to_string(&input.headers).unwrap_or_else(|_| "[]".into());
             db.prepare_cached(
-                "INSERT INTO runs (run_id, workflow_id, config_version, request_id, method,
-                    headers, query, body, state, accepted_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'accepted', ?9)",
+                "INSERT INTO runs (run_id, workflow_id, config_version, request_id, state,
+                    accepted_at)
+                 VALUES (?1, ?2, ?3, ?4, 'accepted', ?5)",
             )?
             .execute(params![
                 input.run_id,
                 input.workflow_id,
                 input.config_version as i64,
                 input.request_id,
+                now
+            ])?;
+            db.prepare_cached(
+                "INSERT INTO run_inputs (run_id, method, headers, query, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                input.run_id,
                 input.method,
                 headers,
                 input.query,
-                input.body,
-                now
+                input.body
             ])?;
         }
         Change::Started { run_id, number } => {
@@ -1093,6 +1138,65 @@ mod tests {
             assert!(Instant::now() < deadline, "the held end was lost on close");
             std::thread::yield_now();
         }
+    }
+
+    #[test]
+    fn a_journal_that_kept_inputs_in_runs_has_them_moved_out_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db");
+        // The layout as it was: each run's input in its `runs` row.
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE runs (
+                run_id TEXT PRIMARY KEY, workflow_id TEXT NOT NULL,
+                config_version INTEGER NOT NULL, request_id TEXT NOT NULL,
+                method TEXT NOT NULL, headers TEXT NOT NULL, query TEXT, body BLOB NOT NULL,
+                state TEXT NOT NULL, accepted_at INTEGER NOT NULL, started_at INTEGER,
+                finished_at INTEGER, result TEXT, error TEXT,
+                replays INTEGER NOT NULL DEFAULT 0, attempt_base INTEGER NOT NULL DEFAULT 0);
+             CREATE INDEX runs_by_workflow ON runs(workflow_id, run_id);
+             INSERT INTO runs (run_id, workflow_id, config_version, request_id, method, headers,
+                               query, body, state, accepted_at)
+             VALUES ('old', 'w', 1, 'r', 'PUT', '[[\"x-a\",\"1\"]]', 'q=1', X'7B7D', 'accepted', 0);",
+        )
+        .unwrap();
+        drop(old);
+
+        let journal = Journal::open(&path, 16).unwrap();
+        let input = journal.input("old").unwrap().expect("the old run's input");
+        assert_eq!(
+            (
+                input.method.as_str(),
+                input.query.as_deref(),
+                input.body.as_slice()
+            ),
+            ("PUT", Some("q=1"), b"{}".as_slice())
+        );
+        assert_eq!(input.headers, vec![("x-a".to_string(), "1".to_string())]);
+        assert_eq!(journal.unfinished().unwrap().len(), 1, "still to be run");
+        let columns: Vec<String> = journal
+            .read(|db| {
+                let mut statement = db.prepare("SELECT name FROM pragma_table_info('runs')")?;
+                let names = statement.query_map([], |row| row.get(0))?;
+                names.collect()
+            })
+            .unwrap();
+        assert!(!columns.contains(&"body".to_string()), "{columns:?}");
+
+        // A run purged takes its input with it.
+        let succeeded = Outcome {
+            state: RunState::Succeeded,
+            started: SystemTime::now(),
+            result: None,
+            error: None,
+        };
+        journal.finish("old", succeeded);
+        block_on(journal.settled()).unwrap();
+        assert_eq!(journal.purge_older_than(Duration::ZERO, None).unwrap(), 1);
+        let inputs_left: i64 = journal
+            .read(|db| db.query_row("SELECT COUNT(*) FROM run_inputs", [], |row| row.get(0)))
+            .unwrap();
+        assert_eq!(inputs_left, 0);
     }
 
     #[test]
