@@ -1043,6 +1043,16 @@ fn apply(db: &Connection, change: &Change) -> rusqlite::Result<()> {
 mod tests {
     use super::*;
 
+    /// A run's end in `state`, starting now, with no result or error.
+    fn ended(state: RunState) -> Outcome {
+        Outcome {
+            state,
+            started: SystemTime::now(),
+            result: None,
+            error: None,
+        }
+    }
+
     fn input(run_id: &str) -> RunInput {
         RunInput {
             run_id: run_id.into(),
@@ -1110,12 +1120,7 @@ mod tests {
     fn an_end_nobody_waits_for_is_written_without_a_later_change_and_on_close() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("runs.db");
-        let succeeded = || Outcome {
-            state: RunState::Succeeded,
-            started: SystemTime::now(),
-            result: None,
-            error: None,
-        };
+        let succeeded = || ended(RunState::Succeeded);
         let journal = Journal::open(&path, 16).unwrap();
         block_on(journal.append(input("held"))).unwrap();
         journal.finish("held", succeeded());
@@ -1184,13 +1189,7 @@ mod tests {
         assert!(!columns.contains(&"body".to_string()), "{columns:?}");
 
         // A run purged takes its input with it.
-        let succeeded = Outcome {
-            state: RunState::Succeeded,
-            started: SystemTime::now(),
-            result: None,
-            error: None,
-        };
-        journal.finish("old", succeeded);
+        journal.finish("old", ended(RunState::Succeeded));
         block_on(journal.settled()).unwrap();
         assert_eq!(journal.purge_older_than(Duration::ZERO, None).unwrap(), 1);
         let inputs_left: i64 = journal
@@ -1239,13 +1238,7 @@ mod tests {
         block_on(journal.append(input("dead"))).unwrap();
         block_on(journal.append(input("open"))).unwrap();
         block_on(journal.attempt_started("dead", 1)).unwrap();
-        let outcome = Outcome {
-            state: RunState::DeadLettered,
-            started: SystemTime::now(),
-            result: None,
-            error: None,
-        };
-        journal.finish("dead", outcome);
+        journal.finish("dead", ended(RunState::DeadLettered));
         block_on(journal.settled()).unwrap();
         assert_eq!(
             journal.dead_lettered("w").unwrap(),
@@ -1274,13 +1267,7 @@ mod tests {
             block_on(journal.append(input(id))).unwrap();
         }
         for id in ["a", "b", "c"] {
-            let outcome = Outcome {
-                state: RunState::Failed,
-                started: SystemTime::now(),
-                result: None,
-                error: None,
-            };
-            journal.finish(id, outcome);
+            journal.finish(id, ended(RunState::Failed));
         }
         block_on(journal.settled()).unwrap();
         assert_eq!(journal.trim_to(1).unwrap(), 2);
