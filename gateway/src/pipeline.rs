@@ -37,8 +37,8 @@ pub struct Prepared {
     pub headers: Map<String, Value>,
     /// The first value of each query parameter.
     pub query: Map<String, Value>,
-    /// The caller's `Content-Type`: the first one when repeated, the one the body was
-    /// decoded by.
+    /// The caller's `Content-Type` for a workflow that forwards: the first one when repeated,
+    /// the one the body was decoded by.
     pub content_type: Option<String>,
 }
 
@@ -131,8 +131,10 @@ pub fn map(
         query: &query,
     })?;
 
-    // Only a script that names them and a forward (which passes some on) read the headers.
-    let reads_headers = workflow.forward.is_some()
+    // Only a script that names them and a forward (which passes some on) read the headers;
+    // only a forward reads the content type.
+    let forwards = workflow.forward.is_some();
+    let reads_headers = forwards
         || workflow
             .script
             .as_ref()
@@ -145,6 +147,7 @@ pub fn map(
     let content_type = parts
         .headers
         .get(http::header::CONTENT_TYPE)
+        .filter(|_| forwards)
         .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     Ok(Prepared {
         event,
