@@ -253,10 +253,11 @@ CREATE TABLE IF NOT EXISTS runs (
     attempt_base INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs(workflow_id, run_id);
--- Ended runs only: an accepted run is not indexed here until it ends, which spares every
--- append one index insert. Journals written before this index replace the full one.
+-- No index on end times: it cost every run's end an index insert inside the writer's commit,
+-- while retention, its only reader, runs once a minute off the request path and reads the
+-- table instead. Journals written with one have it dropped.
 DROP INDEX IF EXISTS runs_by_finish;
-CREATE INDEX IF NOT EXISTS runs_ended_by_finish ON runs(finished_at) WHERE finished_at IS NOT NULL;
+DROP INDEX IF EXISTS runs_ended_by_finish;
 -- What a run was accepted with, apart from its state: rows of `runs` stay small, so the
 -- updates of a run's state and end rewrite a few hundred bytes, not the whole body. Journals
 -- that kept these columns in `runs` have them moved here when opened.
@@ -675,67 +676,106 @@ impl RunJournal for Journal {
         // An age beyond the epoch deletes nothing rather than wrapping around.
         let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_ms().saturating_sub(age);
-        self.delete_in_slices(
-            "DELETE FROM runs WHERE run_id IN (
-               SELECT run_id FROM runs WHERE finished_at IS NOT NULL AND finished_at <= ?1
-                 AND state IN ('succeeded', 'rejected', 'failed', 'dead_lettered')
-                 AND (?2 IS NULL OR workflow_id = ?2)
-               LIMIT ?3)",
-            |db, sql| db.execute(sql, params![cutoff, workflow_id, DELETE_SLICE]),
+        self.delete_ended_where(
+            "finished_at <= ?3 AND (?4 IS NULL OR workflow_id = ?4)",
+            &[cutoff.into(), workflow_id.map(str::to_string).into()],
         )
     }
 
     fn trim_to(&self, keep: u64) -> Result<usize, String> {
         let ended = self.read(|db| {
             db.query_row(
-                "SELECT COUNT(*) FROM runs WHERE finished_at IS NOT NULL",
+                &format!("SELECT COUNT(*) FROM runs WHERE {ENDED}"),
                 [],
                 |row| row.get::<_, i64>(0),
             )
         })?;
-        let mut excess = ended.saturating_sub(i64::try_from(keep).unwrap_or(i64::MAX));
-        let mut deleted = 0;
-        // Those that ended longest ago go first, whenever they were accepted.
-        while excess > 0 {
-            let slice = excess.min(DELETE_SLICE);
-            let gone = self.read(|db| {
-                db.execute(
-                    "DELETE FROM runs WHERE run_id IN (
-                       SELECT run_id FROM runs WHERE finished_at IS NOT NULL
-                         AND state IN ('succeeded', 'rejected', 'failed', 'dead_lettered')
-                       ORDER BY finished_at, run_id LIMIT ?1)",
-                    [slice],
-                )
-            })?;
-            if gone == 0 {
-                break;
-            }
-            deleted += gone;
-            excess -= gone as i64;
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let excess = ended.saturating_sub(keep);
+        if excess <= 0 {
+            return Ok(0);
         }
-        Ok(deleted)
+
+        // The newest run to go, by end time then id: counted from whichever end is nearer,
+        // so that the sort behind it holds at most half of the ended runs.
+        let (order, offset) = if excess <= keep {
+            ("ASC", excess - 1)
+        } else {
+            ("DESC", keep)
+        };
+        let last_to_go = self.read(|db| {
+            db.query_row(
+                &format!(
+                    "SELECT finished_at, run_id FROM runs WHERE {ENDED}
+                     ORDER BY finished_at {order}, run_id {order} LIMIT 1 OFFSET ?1"
+                ),
+                [offset],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
+            )
+            .optional()
+        })?;
+        let Some((finished_at, run_id)) = last_to_go else {
+            return Ok(0);
+        };
+        self.delete_ended_where(
+            "(finished_at, run_id) <= (?3, ?4)",
+            &[finished_at.into(), run_id.into()],
+        )
     }
 }
+
+/// What makes a run deletable by retention: it has ended, and no replay reopened it.
+const ENDED: &str =
+    "finished_at IS NOT NULL AND state IN ('succeeded', 'rejected', 'failed', 'dead_lettered')";
 
 /// Rows one maintenance statement deletes at most, so that accepting runs waits for a
 /// slice, never for a whole purge.
 const DELETE_SLICE: i64 = 1_000;
 
 impl Journal {
-    /// Runs a `DELETE ... LIMIT` statement until it deletes nothing, releasing the database
-    /// between slices.
-    fn delete_in_slices(
+    /// Deletes the ended runs that `condition` also picks (its parameters are `?3` on, bound
+    /// to `values`), walking run ids in order a slice at a time. Each slice is a read and a
+    /// delete of its id range, so the writer waits for one statement at most, and the whole
+    /// walk reads the table once. The delete tests the condition again: a run replayed
+    /// between the two stays.
+    fn delete_ended_where(
         &self,
-        sql: &str,
-        run: impl Fn(&Connection, &str) -> rusqlite::Result<usize>,
+        condition: &str,
+        values: &[rusqlite::types::Value],
     ) -> Result<usize, String> {
+        let select = format!(
+            "SELECT run_id FROM runs WHERE run_id > ?1 AND {ENDED} AND ({condition})
+             ORDER BY run_id LIMIT {DELETE_SLICE}"
+        );
+        let delete = format!(
+            "DELETE FROM runs WHERE run_id > ?1 AND run_id <= ?2 AND {ENDED} AND ({condition})"
+        );
+        // Both statements take the same parameters; the read leaves `?2` out and its NULL is
+        // never looked at.
+        let bound = |after: &str, last: Option<&str>| {
+            let ids = [after.to_string().into(), last.map(str::to_string).into()];
+            rusqlite::params_from_iter(ids.into_iter().chain(values.iter().cloned()))
+        };
+
+        let mut after = String::new();
         let mut deleted = 0;
         loop {
-            let gone = self.read(|db| run(db, sql))?;
-            deleted += gone;
-            if gone < DELETE_SLICE as usize {
+            let slice: Vec<String> = self.read(|db| {
+                let mut statement = db.prepare_cached(&select)?;
+                let ids = statement.query_map(bound(&after, None), |row| row.get(0))?;
+                ids.collect()
+            })?;
+            let Some(last) = slice.last() else {
+                return Ok(deleted);
+            };
+            deleted += self.read(|db| {
+                db.prepare_cached(&delete)?
+                    .execute(bound(&after, Some(last)))
+            })?;
+            if slice.len() < DELETE_SLICE as usize {
                 return Ok(deleted);
             }
+            after.clone_from(last);
         }
     }
 }
@@ -1199,15 +1239,15 @@ mod tests {
     }
 
     #[test]
-    fn a_journal_with_the_full_end_time_index_gets_the_partial_one() {
+    fn a_journal_with_an_end_time_index_has_it_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("runs.db");
-        // The schema as it was: the same tables, every run indexed by its end time.
-        let old_schema = SCHEMA.replace("DROP INDEX IF EXISTS runs_by_finish;", "").replace(
-            "CREATE INDEX IF NOT EXISTS runs_ended_by_finish ON runs(finished_at) WHERE finished_at IS NOT NULL;",
-            "CREATE INDEX runs_by_finish ON runs(finished_at);",
+        // The schema as it was, with both end-time indexes it has had.
+        let old_schema = format!(
+            "{SCHEMA}
+             CREATE INDEX runs_by_finish ON runs(finished_at);
+             CREATE INDEX runs_ended_by_finish ON runs(finished_at) WHERE finished_at IS NOT NULL;"
         );
-        assert_ne!(old_schema, SCHEMA);
         let old = Connection::open(&path).unwrap();
         old.execute_batch(&old_schema).unwrap();
         drop(old);
@@ -1222,13 +1262,12 @@ mod tests {
             })
             .unwrap();
         assert!(
-            indexes.contains(&"runs_ended_by_finish".to_string()),
+            indexes.contains(&"runs_by_workflow".to_string()),
             "{indexes:?}"
         );
-        assert!(
-            !indexes.contains(&"runs_by_finish".to_string()),
-            "{indexes:?}"
-        );
+        for dropped in ["runs_by_finish", "runs_ended_by_finish"] {
+            assert!(!indexes.contains(&dropped.to_string()), "{indexes:?}");
+        }
     }
 
     #[test]
@@ -1279,6 +1318,78 @@ mod tests {
             .map(|record| record.run_id)
             .collect();
         assert_eq!(left, vec!["d".to_string()]);
+    }
+
+    /// Writes `count` ended runs of workflow `w` straight into the table, ids `r00000` on,
+    /// the later the id the earlier the end (ended at `count - n` ms after the epoch).
+    fn ended_long_ago(journal: &Journal, count: usize) {
+        journal
+            .read(|db| {
+                let transaction = db.unchecked_transaction()?;
+                for n in 0..count {
+                    transaction.execute(
+                        "INSERT INTO runs (run_id, workflow_id, config_version, request_id, state,
+                            accepted_at, finished_at)
+                         VALUES (?1, 'w', 1, 'q', 'succeeded', 0, ?2)",
+                        params![format!("r{n:05}"), (count - n) as i64],
+                    )?;
+                }
+                transaction.commit()
+            })
+            .unwrap();
+    }
+
+    fn run_ids(journal: &Journal) -> Vec<String> {
+        journal
+            .read(|db| {
+                let mut statement = db.prepare("SELECT run_id FROM runs ORDER BY run_id")?;
+                let ids = statement.query_map([], |row| row.get(0))?;
+                ids.collect()
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn trimming_deletes_the_runs_that_ended_first_over_several_slices() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("runs.db"), 16).unwrap();
+        ended_long_ago(&journal, 2_500);
+        block_on(journal.append(input("still-open"))).unwrap();
+
+        assert_eq!(journal.trim_to(1_000).unwrap(), 1_500);
+        let left = run_ids(&journal);
+        assert_eq!(left.len(), 1_001, "1,000 ended runs and the open one");
+        assert_eq!(left[0], "r00000", "the run that ended last is kept");
+        assert_eq!(left[999], "r00999");
+        assert_eq!(left[1_000], "still-open");
+
+        // Kept to fewer than half: the cut is found from the newest end instead.
+        assert_eq!(journal.trim_to(10).unwrap(), 990);
+        let left = run_ids(&journal);
+        assert_eq!(left.len(), 11, "{left:?}");
+        assert_eq!(left[9], "r00009");
+        assert_eq!(journal.trim_to(10).unwrap(), 0, "already within bounds");
+    }
+
+    #[test]
+    fn purging_by_age_goes_by_workflow_and_spares_a_run_reopened_by_a_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("runs.db"), 16).unwrap();
+        ended_long_ago(&journal, 1_200);
+        // What a replay leaves of a run, short of its input, which these runs lack.
+        journal
+            .read(|db| {
+                db.execute(
+                    "UPDATE runs SET state = 'accepted', finished_at = NULL WHERE run_id = 'r00007'",
+                    [],
+                )
+            })
+            .unwrap();
+
+        let an_hour = Duration::from_secs(3_600);
+        assert_eq!(journal.purge_older_than(an_hour, Some("other")).unwrap(), 0);
+        assert_eq!(journal.purge_older_than(an_hour, Some("w")).unwrap(), 1_199);
+        assert_eq!(run_ids(&journal), vec!["r00007".to_string()]);
     }
 
     #[test]
