@@ -201,10 +201,16 @@ fn keep_journal_bounded(state: &Arc<GatewayState>) {
             let Some(state) = weak.upgrade() else {
                 return;
             };
-            let journal = state.shared.journal();
-            let trimmed = journal
-                .purge_older_than(settings.record_ttl, None)
-                .and_then(|aged| Ok(aged + journal.trim_to(settings.max_records)?));
+            // A pass reads the whole run table: on the blocking pool, so that it holds up
+            // nothing else on the control runtime.
+            let (ttl, max_records) = (settings.record_ttl, settings.max_records);
+            let trimmed = tokio::task::spawn_blocking(move || {
+                let journal = state.shared.journal();
+                let aged = journal.purge_older_than(ttl, None)?;
+                Ok::<_, String>(aged + journal.trim_to(max_records)?)
+            })
+            .await
+            .unwrap_or_else(|_| Err("the trim stopped unexpectedly".into()));
             match trimmed {
                 Ok(0) => {}
                 Ok(count) => tracing::info!(runs.deleted = count, "journal trimmed"),
