@@ -696,20 +696,15 @@ impl RunJournal for Journal {
             return Ok(0);
         }
 
-        // The newest run to go, by end time then id: counted from whichever end is nearer,
-        // so that the sort behind it holds at most half of the ended runs.
-        let (order, offset) = if excess <= keep {
-            ("ASC", excess - 1)
-        } else {
-            ("DESC", keep)
-        };
+        // The newest run to go, by end time then id. Rows lie roughly in end order, so the
+        // sort behind the limit throws most of them away at a glance.
         let last_to_go = self.read(|db| {
             db.query_row(
                 &format!(
                     "SELECT finished_at, run_id FROM runs WHERE {ENDED}
-                     ORDER BY finished_at {order}, run_id {order} LIMIT 1 OFFSET ?1"
+                     ORDER BY finished_at, run_id LIMIT 1 OFFSET ?1"
                 ),
-                [offset],
+                [excess - 1],
                 |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
             )
             .optional()
@@ -1363,7 +1358,6 @@ mod tests {
         assert_eq!(left[999], "r00999");
         assert_eq!(left[1_000], "still-open");
 
-        // Kept to fewer than half: the cut is found from the newest end instead.
         assert_eq!(journal.trim_to(10).unwrap(), 990);
         let left = run_ids(&journal);
         assert_eq!(left.len(), 11, "{left:?}");

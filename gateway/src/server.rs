@@ -196,6 +196,8 @@ fn keep_journal_bounded(state: &Arc<GatewayState>) {
     let settings = state.startup.runs.clone();
     state.control.spawn(async move {
         let mut every = tokio::time::interval(settings.retention_interval);
+        // A pass longer than the interval is followed by a full interval, not by another pass.
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
             let Some(state) = weak.upgrade() else {
