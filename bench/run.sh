@@ -255,6 +255,8 @@ print(db.execute("select count(*) from runs where state not in ('succeeded')").f
 PY
   )
   echo "journaled runs not (yet) succeeded when the load stopped: $runs_left"
+  echo "journal files after the load: database $(du -m "$WORK/gateway/state/runs.db" | cut -f1) MiB," \
+    "write-ahead log $(du -m "$WORK/gateway/state/runs.db-wal" | cut -f1) MiB"
 fi
 
 # Many workflows: the inline workflow measured on a gateway that loads 10 workflows, then on

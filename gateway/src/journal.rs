@@ -382,6 +382,15 @@ impl Journal {
     /// Opens (or creates) the journal at `path`; `capacity` bounds the changes waiting for
     /// the writer.
     pub fn open(path: &Path, capacity: usize) -> Result<Self, String> {
+        Self::open_checkpointing_every(path, capacity, CHECKPOINT_EVERY)
+    }
+
+    /// [`Journal::open`] with the background checkpoints `every` apart.
+    fn open_checkpointing_every(
+        path: &Path,
+        capacity: usize,
+        every: Duration,
+    ) -> Result<Self, String> {
         let describe = |error: rusqlite::Error| format!("{}: {error}", path.display());
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -390,9 +399,18 @@ impl Journal {
         let mut writer = open_connection(path).map_err(describe)?;
         writer.execute_batch(SCHEMA).map_err(describe)?;
         move_inputs_out_of_runs(&mut writer).map_err(describe)?;
-        // Checkpoints run on their own thread, not inside the writer's commits.
+        // Checkpoints run on their own thread, not inside the writer's commits. But the log
+        // starts again from its beginning only when a write finds it wholly copied, which
+        // under steady load the background pass, always a few commits behind, never
+        // achieves: past `RESTART_LOG_AFTER_FRAMES` the writer copies the few frames left
+        // itself after a commit, and the next write restarts the log.
         writer
-            .pragma_update(None, "wal_autocheckpoint", 0)
+            .pragma_update(None, "wal_autocheckpoint", RESTART_LOG_AFTER_FRAMES)
+            .map_err(describe)?;
+        // A log that grew in a burst (or while a long read held it) is cut back when it
+        // restarts, instead of keeping its largest size on disk.
+        writer
+            .pragma_update(None, "journal_size_limit", LOG_KEPT_BYTES)
             .map_err(describe)?;
         let reader = open_connection(path).map_err(describe)?;
         let checkpointer = open_connection(path).map_err(describe)?;
@@ -401,7 +419,7 @@ impl Journal {
             .name("journal-checkpoint".into())
             .spawn(move || {
                 crate::background::mark_as_batch();
-                checkpoint_loop(checkpointer, stopped)
+                checkpoint_loop(checkpointer, stopped, every)
             })
             .map_err(|error| format!("cannot start the journal checkpointer: {error}"))?;
 
@@ -939,10 +957,10 @@ fn write_and_answer(
     failed
 }
 
-/// Copies the write-ahead log into the database every [`CHECKPOINT_EVERY`], without blocking
+/// Copies the write-ahead log into the database every `every`, without blocking
 /// the writer, so the log stays small and commits never pay for a checkpoint.
-fn checkpoint_loop(db: Connection, stop: Receiver<()>) {
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+fn checkpoint_loop(db: Connection, stop: Receiver<()>, every: Duration) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
         let done = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
             row.get::<_, i64>(0)
         });
@@ -952,7 +970,16 @@ fn checkpoint_loop(db: Connection, stop: Receiver<()>) {
     }
 }
 
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// Often enough that the frames the writer copies itself when it restarts the log are the
+/// few committed since the last pass.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// The log's length, in frames (pages), past which the writer copies the rest itself so
+/// that the log restarts: 16 MiB with 4 KiB pages.
+const RESTART_LOG_AFTER_FRAMES: i64 = 4_096;
+
+/// Size a restarted log file is cut back to.
+const LOG_KEPT_BYTES: i64 = 64 * 1024 * 1024;
 
 /// Longest a change nobody waits for is held back to share a later commit.
 const HOLD_UNAWAITED_FOR: Duration = Duration::from_millis(20);
@@ -1384,6 +1411,36 @@ mod tests {
         assert_eq!(journal.purge_older_than(an_hour, Some("other")).unwrap(), 0);
         assert_eq!(journal.purge_older_than(an_hour, Some("w")).unwrap(), 1_199);
         assert_eq!(run_ids(&journal), vec!["r00007".to_string()]);
+    }
+
+    #[test]
+    fn the_log_restarts_and_stays_bounded_while_writes_never_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db");
+        // No background pass in the test's lifetime: the writer alone must restart the log.
+        let journal =
+            Journal::open_checkpointing_every(&path, 16, Duration::from_secs(3_600)).unwrap();
+
+        // Each append is a commit of at least four frames (two tables, two key indexes), so
+        // 3,000 of them write three times the frames after which the log must restart.
+        let body = vec![b'x'; 1_024];
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for n in 0..3_000 {
+            let mut run = input(&format!("r{n:05}"));
+            run.body.clone_from(&body);
+            runtime.block_on(journal.append(run)).unwrap();
+        }
+
+        let log = std::fs::read(format!("{}-wal", path.display())).unwrap();
+        let frame_bytes = 24 + 4_096;
+        let most = 32 + (RESTART_LOG_AFTER_FRAMES as usize + 16) * frame_bytes;
+        assert!(log.len() <= most, "the log is {} bytes", log.len());
+        // The header counts the log's restarts (its checkpoint sequence number).
+        let restarts = u32::from_be_bytes(log[12..16].try_into().unwrap());
+        assert!(restarts >= 2, "the log restarted {restarts} times");
+        assert_eq!(journal.unfinished_count().unwrap(), 3_000, "nothing lost");
     }
 
     #[test]
