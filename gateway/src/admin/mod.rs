@@ -119,7 +119,7 @@ impl AdminApi {
             ["workflows", id, "dead-letters", "replay"] => only(method, Method::POST, || {
                 runs::replay_dead_letters(&self.state, id)
             }),
-            ["runs"] if method == Method::DELETE => runs::purge(&self.state, call.query),
+            ["runs"] if method == Method::DELETE => self.purge(call.query).await,
             ["runs"] => only_either(method, "GET, DELETE", || {
                 runs::list(&self.state, call.query)
             }),
@@ -246,6 +246,18 @@ impl AdminApi {
             "last_reload": last_reload,
         });
         Ok(Reply::json(200, &body))
+    }
+
+    /// Purges on the control runtime's blocking pool: finding what to delete reads the whole
+    /// run table, which must not hold up the admin listener's only thread.
+    async fn purge(&self, query: Option<&str>) -> Result<Reply, GatewayError> {
+        let state = Arc::clone(&self.state);
+        let query = query.map(str::to_string);
+        self.state
+            .control
+            .spawn_blocking(move || runs::purge(&state, query.as_deref()))
+            .await
+            .map_err(|_| GatewayError::Internal)?
     }
 
     /// Reloads on the control runtime's blocking pool: compiling every script and schema
