@@ -268,6 +268,16 @@ fn the_journal_keeps_only_what_retention_allows_and_purges_on_request() {
 
     let missing = gateway.admin_send("DELETE", "/api/v1/runs");
     assert_eq!(missing.error_code(), "invalid_parameter");
+    let no_workflow = gateway.admin_send("DELETE", "/api/v1/runs?older_than=0s&workflow=");
+    assert_eq!(
+        (no_workflow.status, no_workflow.error_code()),
+        (400, "invalid_parameter".into())
+    );
+    assert_eq!(
+        run_ids_in(&gateway, "workflow=deliver").len(),
+        3,
+        "nothing purged"
+    );
     let ages_ago = gateway.admin_send("DELETE", "/api/v1/runs?older_than=300000000y");
     assert_eq!(
         ages_ago.json(),

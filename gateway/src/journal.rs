@@ -176,11 +176,19 @@ enum Change {
     },
     /// Writes nothing: waiting for it waits for every change sent before.
     Barrier,
+    /// A retention slice: a `DELETE` and its parameters. Done by the writer like any other
+    /// change, so that it shares a commit with runs being accepted instead of competing with
+    /// them for SQLite's lock.
+    Delete {
+        sql: String,
+        values: Vec<rusqlite::types::Value>,
+    },
 }
 
 struct Command {
     change: Change,
-    written: Option<oneshot::Sender<Result<(), String>>>,
+    /// Told the rows the change deleted (for a [`Change::Delete`]; 0 otherwise).
+    written: Option<oneshot::Sender<Result<usize, String>>>,
     /// When it was handed to the writer.
     sent: Instant,
 }
@@ -218,6 +226,11 @@ pub struct Journal {
     path: PathBuf,
     changes: SyncSender<Command>,
     reader: Mutex<Connection>,
+    /// Held by whoever writes: the writer thread for each batch, the read connection for
+    /// each of its few writes (a retention slice, a replay slice). Without it the two
+    /// collide in SQLite's lock, and the loser sleeps in the busy handler's growing steps,
+    /// which under steady load starved the writer for up to seconds.
+    write_turn: Arc<Mutex<()>>,
     stats: Arc<JournalStats>,
     /// Dropped with the journal, which ends the checkpoint thread.
     _stop_checkpoints: mpsc::Sender<()>,
@@ -258,6 +271,8 @@ CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs(workflow_id, run_id);
 -- table instead. Journals written with one have it dropped.
 DROP INDEX IF EXISTS runs_by_finish;
 DROP INDEX IF EXISTS runs_ended_by_finish;
+-- The first journals also indexed states, which cost every state change an index write.
+DROP INDEX IF EXISTS runs_by_state;
 -- What a run was accepted with, apart from its state: rows of `runs` stay small, so the
 -- updates of a run's state and end rewrite a few hundred bytes, not the whole body. Journals
 -- that kept these columns in `runs` have them moved here when opened.
@@ -426,17 +441,20 @@ impl Journal {
         let (changes, receiver) = mpsc::sync_channel(capacity);
         let stats = Arc::new(JournalStats::default());
         let writer_stats = Arc::clone(&stats);
+        let write_turn = Arc::new(Mutex::new(()));
+        let writer_turn = Arc::clone(&write_turn);
         std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || {
                 crate::background::mark_as_batch();
-                write_loop(writer, receiver, &writer_stats)
+                write_loop(writer, receiver, &writer_stats, &writer_turn)
             })
             .map_err(|error| format!("cannot start the journal writer: {error}"))?;
         Ok(Self {
             path: path.to_path_buf(),
             changes,
             reader: Mutex::new(reader),
+            write_turn,
             stats,
             _stop_checkpoints: stop_checkpoints,
         })
@@ -449,7 +467,7 @@ impl Journal {
     fn send(
         &self,
         change: Change,
-        written: Option<oneshot::Sender<Result<(), String>>>,
+        written: Option<oneshot::Sender<Result<usize, String>>>,
     ) -> Result<(), JournalError> {
         // Counted before the hand-off: the writer may take it off the count at once.
         self.stats.pending.fetch_add(1, Ordering::Relaxed);
@@ -477,7 +495,27 @@ impl Journal {
         committed
             .await
             .map_err(|_| JournalError::Failed("the journal writer has stopped".into()))?
+            .map(drop)
             .map_err(JournalError::Failed)
+    }
+
+    /// Writes a change from a thread that may block, waiting for room in the channel and
+    /// then for the commit; returns the rows it deleted.
+    fn write_and_wait(&self, change: Change) -> Result<usize, String> {
+        let (written, committed) = oneshot::channel();
+        let command = Command {
+            change,
+            written: Some(written),
+            sent: Instant::now(),
+        };
+        self.stats.pending.fetch_add(1, Ordering::Relaxed);
+        if self.changes.send(command).is_err() {
+            self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+            return Err("the journal writer has stopped".into());
+        }
+        committed
+            .blocking_recv()
+            .map_err(|_| "the journal writer has stopped".to_string())?
     }
 
     /// A change that must not be dropped when the channel is momentarily full.
@@ -492,6 +530,15 @@ impl Journal {
             self.stats.pending.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("the journal writer has stopped; a change was not recorded");
         }
+    }
+
+    /// A write through the read connection, in turn with the writer thread.
+    fn write_aside<T>(
+        &self,
+        write: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, String> {
+        let _turn = self.write_turn.lock().unwrap_or_else(|e| e.into_inner());
+        self.read(write)
     }
 
     fn read<T>(&self, query: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, String> {
@@ -635,7 +682,7 @@ impl RunJournal for Journal {
     }
 
     fn close_interrupted_attempts(&self) -> Result<usize, String> {
-        self.read(|db| {
+        self.write_aside(|db| {
             db.execute(
                 "UPDATE attempts SET error = 'interrupted: the gateway stopped before the attempt''s end was recorded'
                  WHERE duration_ms IS NULL AND error IS NULL AND status IS NULL",
@@ -645,38 +692,12 @@ impl RunJournal for Journal {
     }
 
     fn replay(&self, run_ids: &[String]) -> Result<Vec<Resumable>, String> {
-        self.read(|db| {
-            let transaction = db.unchecked_transaction()?;
-            let mut replayed = Vec::new();
-            for run_id in run_ids {
-                let changed = transaction.execute(
-                    "UPDATE runs SET state = 'accepted', finished_at = NULL, result = NULL,
-                        error = NULL, replays = replays + 1,
-                        attempt_base = (SELECT COUNT(*) FROM attempts WHERE run_id = ?1)
-                     WHERE run_id = ?1 AND state IN ('succeeded', 'rejected', 'failed', 'dead_lettered')",
-                    [run_id],
-                )?;
-                if changed == 1 {
-                    let resumable = transaction.query_row(
-                        &format!(
-                            "SELECT {INPUT_COLUMNS}, attempt_base FROM {RUNS_WITH_INPUTS}
-                             WHERE runs.run_id = ?1"
-                        ),
-                        [run_id],
-                        |row| {
-                            Ok(Resumable {
-                                input: input_from_row(row)?,
-                                attempts_recorded: row.get(8)?,
-                                attempts_counted: 0,
-                            })
-                        },
-                    )?;
-                    replayed.push(resumable);
-                }
-            }
-            transaction.commit()?;
-            Ok(replayed)
-        })
+        let mut replayed = Vec::new();
+        // A transaction per slice: the writer waits for one slice, never for all of them.
+        for slice in run_ids.chunks(MAINTENANCE_SLICE as usize) {
+            replayed.extend(self.replay_slice(slice)?);
+        }
+        Ok(replayed)
     }
 
     fn dead_lettered(&self, workflow_id: &str) -> Result<Vec<String>, String> {
@@ -741,16 +762,52 @@ impl RunJournal for Journal {
 const ENDED: &str =
     "finished_at IS NOT NULL AND state IN ('succeeded', 'rejected', 'failed', 'dead_lettered')";
 
-/// Rows one maintenance statement deletes at most, so that accepting runs waits for a
-/// slice, never for a whole purge.
-const DELETE_SLICE: i64 = 1_000;
+/// Runs one maintenance transaction (a retention or purge slice, a replay slice) touches at
+/// most, so that accepting runs waits for a slice, never for a whole pass.
+const MAINTENANCE_SLICE: i64 = 250;
 
 impl Journal {
+    /// Replays up to a slice of runs in one transaction.
+    fn replay_slice(&self, run_ids: &[String]) -> Result<Vec<Resumable>, String> {
+        self.write_aside(|db| {
+            let transaction = db.unchecked_transaction()?;
+            let mut replayed = Vec::new();
+            for run_id in run_ids {
+                let changed = transaction.execute(
+                    "UPDATE runs SET state = 'accepted', finished_at = NULL, result = NULL,
+                        error = NULL, replays = replays + 1,
+                        attempt_base = (SELECT COUNT(*) FROM attempts WHERE run_id = ?1)
+                     WHERE run_id = ?1 AND state IN ('succeeded', 'rejected', 'failed', 'dead_lettered')",
+                    [run_id],
+                )?;
+                if changed == 1 {
+                    let resumable = transaction.query_row(
+                        &format!(
+                            "SELECT {INPUT_COLUMNS}, attempt_base FROM {RUNS_WITH_INPUTS}
+                             WHERE runs.run_id = ?1"
+                        ),
+                        [run_id],
+                        |row| {
+                            Ok(Resumable {
+                                input: input_from_row(row)?,
+                                attempts_recorded: row.get(8)?,
+                                attempts_counted: 0,
+                            })
+                        },
+                    )?;
+                    replayed.push(resumable);
+                }
+            }
+            transaction.commit()?;
+            Ok(replayed)
+        })
+    }
+
     /// Deletes the ended runs that `condition` also picks (its parameters are `?3` on, bound
-    /// to `values`), walking run ids in order a slice at a time. Each slice is a read and a
-    /// delete of its id range, so the writer waits for one statement at most, and the whole
-    /// walk reads the table once. The delete tests the condition again: a run replayed
-    /// between the two stays.
+    /// to `values`), walking run ids in order a slice at a time: a read here, then a delete of
+    /// the slice's id range, which the writer commits along with the runs it is accepting.
+    /// The whole walk reads the table once. The delete tests the condition again: a run
+    /// replayed between the two stays. Blocks: not for an async task.
     fn delete_ended_where(
         &self,
         condition: &str,
@@ -758,16 +815,16 @@ impl Journal {
     ) -> Result<usize, String> {
         let select = format!(
             "SELECT run_id FROM runs WHERE run_id > ?1 AND {ENDED} AND ({condition})
-             ORDER BY run_id LIMIT {DELETE_SLICE}"
+             ORDER BY run_id LIMIT {MAINTENANCE_SLICE}"
         );
         let delete = format!(
             "DELETE FROM runs WHERE run_id > ?1 AND run_id <= ?2 AND {ENDED} AND ({condition})"
         );
         // Both statements take the same parameters; the read leaves `?2` out and its NULL is
         // never looked at.
-        let bound = |after: &str, last: Option<&str>| {
+        let bound = |after: &str, last: Option<&str>| -> Vec<rusqlite::types::Value> {
             let ids = [after.to_string().into(), last.map(str::to_string).into()];
-            rusqlite::params_from_iter(ids.into_iter().chain(values.iter().cloned()))
+            ids.into_iter().chain(values.iter().cloned()).collect()
         };
 
         let mut after = String::new();
@@ -775,17 +832,18 @@ impl Journal {
         loop {
             let slice: Vec<String> = self.read(|db| {
                 let mut statement = db.prepare_cached(&select)?;
-                let ids = statement.query_map(bound(&after, None), |row| row.get(0))?;
+                let parameters = rusqlite::params_from_iter(bound(&after, None));
+                let ids = statement.query_map(parameters, |row| row.get(0))?;
                 ids.collect()
             })?;
             let Some(last) = slice.last() else {
                 return Ok(deleted);
             };
-            deleted += self.read(|db| {
-                db.prepare_cached(&delete)?
-                    .execute(bound(&after, Some(last)))
+            deleted += self.write_and_wait(Change::Delete {
+                sql: delete.clone(),
+                values: bound(&after, Some(last)),
             })?;
-            if slice.len() < DELETE_SLICE as usize {
+            if slice.len() < MAINTENANCE_SLICE as usize {
                 return Ok(deleted);
             }
             after.clone_from(last);
@@ -868,7 +926,12 @@ fn attempts_of(db: &Connection, run_id: &str) -> rusqlite::Result<Vec<Attempt>> 
 /// that halves the commits, each of which costs an fsync and a rewrite of the pages it
 /// touches. A crash inside that window loses only ends, and a run whose end is lost is run
 /// again at the next start, with any attempt it made on record as interrupted.
-fn write_loop(mut db: Connection, changes: Receiver<Command>, stats: &JournalStats) {
+fn write_loop(
+    mut db: Connection,
+    changes: Receiver<Command>,
+    stats: &JournalStats,
+    write_turn: &Mutex<()>,
+) {
     // Changes nobody waits for, not yet written: held back, or failed and to be tried again
     // (a full disk gets room again).
     let mut held: Vec<Command> = Vec::new();
@@ -885,7 +948,7 @@ fn write_loop(mut db: Connection, changes: Receiver<Command>, stats: &JournalSta
             Ok(command) => batch.push(command),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                write_and_answer(&mut db, std::mem::take(&mut held), stats);
+                write_and_answer(&mut db, std::mem::take(&mut held), stats, write_turn);
                 return;
             }
         }
@@ -905,7 +968,7 @@ fn write_loop(mut db: Connection, changes: Receiver<Command>, stats: &JournalSta
         }
 
         held.append(&mut batch);
-        let failed = write_and_answer(&mut db, std::mem::take(&mut held), stats);
+        let failed = write_and_answer(&mut db, std::mem::take(&mut held), stats, write_turn);
         flush_at = (!failed.is_empty()).then(|| Instant::now() + RETRY_UNWRITTEN_AFTER);
         held = failed;
     }
@@ -917,12 +980,16 @@ fn write_and_answer(
     db: &mut Connection,
     batch: Vec<Command>,
     stats: &JournalStats,
+    write_turn: &Mutex<()>,
 ) -> Vec<Command> {
     let mut failed = Vec::new();
     if batch.is_empty() {
         return failed;
     }
-    let outcomes = write_batch(db, &batch);
+    let outcomes = {
+        let _turn = write_turn.lock().unwrap_or_else(|e| e.into_inner());
+        write_batch(db, &batch)
+    };
     let committed = Instant::now();
     stats.commits.fetch_add(1, Ordering::Relaxed);
     for (command, outcome) in batch.into_iter().zip(outcomes) {
@@ -940,7 +1007,7 @@ fn write_and_answer(
                 }
                 let _ = written.send(outcome);
             }
-            (Ok(()), None) => {}
+            (Ok(_), None) => {}
             (Err(error), None) if failed.len() < MOST_UNWRITTEN => {
                 tracing::warn!(journal.error = %error, "journal write failed; it will be tried again");
                 failed.push(Command {
@@ -992,33 +1059,43 @@ const MOST_UNWRITTEN: usize = 100_000;
 
 /// One transaction for the whole batch; if it fails, each change alone, so that one bad
 /// change (a run id written twice) fails only its own caller.
-fn write_batch(db: &mut Connection, batch: &[Command]) -> Vec<Result<(), String>> {
+fn write_batch(db: &mut Connection, batch: &[Command]) -> Vec<Result<usize, String>> {
     let together = db.transaction().and_then(|transaction| {
-        for command in batch {
-            apply(&transaction, &command.change)?;
-        }
-        transaction.commit()
+        let deleted = batch
+            .iter()
+            .map(|command| apply(&transaction, &command.change))
+            .collect::<rusqlite::Result<Vec<usize>>>()?;
+        transaction.commit()?;
+        Ok(deleted)
     });
-    if together.is_ok() || batch.len() == 1 {
-        let outcome = together.map_err(|error| error.to_string());
-        return vec![outcome; batch.len()];
+    match together {
+        Ok(deleted) => return deleted.into_iter().map(Ok).collect(),
+        Err(error) if batch.len() == 1 => return vec![Err(error.to_string())],
+        Err(_) => {}
     }
     batch
         .iter()
         .map(|command| {
             db.transaction()
                 .and_then(|transaction| {
-                    apply(&transaction, &command.change)?;
-                    transaction.commit()
+                    let deleted = apply(&transaction, &command.change)?;
+                    transaction.commit()?;
+                    Ok(deleted)
                 })
                 .map_err(|error| error.to_string())
         })
         .collect()
 }
 
-fn apply(db: &Connection, change: &Change) -> rusqlite::Result<()> {
+/// Writes one change; returns the rows it deleted (only a [`Change::Delete`] deletes).
+fn apply(db: &Connection, change: &Change) -> rusqlite::Result<usize> {
     let now = now_ms();
     match change {
+        Change::Delete { sql, values } => {
+            return db
+                .prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(values.iter()));
+        }
         Change::Append(input) => {
             let headers = serde_json::to_string(&input.headers).unwrap_or_else(|_| "[]".into());
             db.prepare_cached(
@@ -1098,7 +1175,7 @@ fn apply(db: &Connection, change: &Change) -> rusqlite::Result<()> {
             ])?;
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 #[cfg(test)]
@@ -1261,14 +1338,15 @@ mod tests {
     }
 
     #[test]
-    fn a_journal_with_an_end_time_index_has_it_dropped() {
+    fn a_journal_with_indexes_of_earlier_versions_has_them_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("runs.db");
-        // The schema as it was, with both end-time indexes it has had.
+        // The schema as it was, with the indexes it has had and no longer has.
         let old_schema = format!(
             "{SCHEMA}
              CREATE INDEX runs_by_finish ON runs(finished_at);
-             CREATE INDEX runs_ended_by_finish ON runs(finished_at) WHERE finished_at IS NOT NULL;"
+             CREATE INDEX runs_ended_by_finish ON runs(finished_at) WHERE finished_at IS NOT NULL;
+             CREATE INDEX runs_by_state ON runs(state);"
         );
         let old = Connection::open(&path).unwrap();
         old.execute_batch(&old_schema).unwrap();
@@ -1287,7 +1365,7 @@ mod tests {
             indexes.contains(&"runs_by_workflow".to_string()),
             "{indexes:?}"
         );
-        for dropped in ["runs_by_finish", "runs_ended_by_finish"] {
+        for dropped in ["runs_by_finish", "runs_ended_by_finish", "runs_by_state"] {
             assert!(!indexes.contains(&dropped.to_string()), "{indexes:?}");
         }
     }
@@ -1342,8 +1420,8 @@ mod tests {
         assert_eq!(left, vec!["d".to_string()]);
     }
 
-    /// Writes `count` ended runs of workflow `w` straight into the table, ids `r00000` on,
-    /// the later the id the earlier the end (ended at `count - n` ms after the epoch).
+    /// Writes `count` ended runs of workflow `w`, with their inputs, straight into the tables:
+    /// ids `r00000` on, the later the id the earlier the end (`count - n` ms after the epoch).
     fn ended_long_ago(journal: &Journal, count: usize) {
         journal
             .read(|db| {
@@ -1354,6 +1432,11 @@ mod tests {
                             accepted_at, finished_at)
                          VALUES (?1, 'w', 1, 'q', 'succeeded', 0, ?2)",
                         params![format!("r{n:05}"), (count - n) as i64],
+                    )?;
+                    transaction.execute(
+                        "INSERT INTO run_inputs (run_id, method, headers, query, body)
+                         VALUES (?1, 'POST', '[]', NULL, x'7b7d')",
+                        [format!("r{n:05}")],
                     )?;
                 }
                 transaction.commit()
@@ -1441,6 +1524,24 @@ mod tests {
         let restarts = u32::from_be_bytes(log[12..16].try_into().unwrap());
         assert!(restarts >= 2, "the log restarted {restarts} times");
         assert_eq!(journal.unfinished_count().unwrap(), 3_000, "nothing lost");
+    }
+
+    #[test]
+    fn a_replay_of_more_runs_than_a_slice_replays_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("runs.db"), 16).unwrap();
+        ended_long_ago(&journal, 2_500);
+        let ids = run_ids(&journal);
+
+        let replayed = journal.replay(&ids).unwrap();
+        assert_eq!(replayed.len(), 2_500);
+        assert_eq!(replayed[2_499].input.run_id, "r02499");
+        assert_eq!(journal.unfinished_count().unwrap(), 2_500);
+        assert_eq!(
+            journal.replay(&ids).unwrap().len(),
+            0,
+            "none has ended since"
+        );
     }
 
     #[test]

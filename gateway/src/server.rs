@@ -25,7 +25,7 @@ use pingora::services::listening::Service;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 /// One loaded configuration and everything built from it.
 pub struct Snapshot {
@@ -190,36 +190,50 @@ fn resume_unfinished_runs(
 }
 
 /// Trims the journal to `runs.max_records` ended runs no older than `runs.record_ttl_seconds`,
-/// every `runs.retention_interval_ms`, for as long as the gateway runs.
-fn keep_journal_bounded(state: &Arc<GatewayState>) {
+/// at start and then every `runs.retention_interval_ms`, for as long as the gateway runs. On a
+/// thread of its own at a low priority: a pass reads the whole run table, and under load it
+/// must take its time rather than the request threads'.
+fn keep_journal_bounded(state: &Arc<GatewayState>) -> Result<(), String> {
     let weak = Arc::downgrade(state);
     let settings = state.startup.runs.clone();
-    state.control.spawn(async move {
-        let mut every = tokio::time::interval(settings.retention_interval);
-        // A pass longer than the interval is followed by a full interval, not by another pass.
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            let Some(state) = weak.upgrade() else {
-                return;
+    let retention = move || {
+        crate::background::mark_as_maintenance();
+        while let Some(state) = weak.upgrade() {
+            let started = Instant::now();
+            let journal = state.shared.journal();
+            let trimmed = journal
+                .purge_older_than(settings.record_ttl, None)
+                .and_then(|aged| Ok(aged + journal.trim_to(settings.max_records)?));
+            drop(state);
+            let deleted = match trimmed {
+                Ok(0) => 0,
+                Ok(count) => {
+                    tracing::info!(runs.deleted = count, "journal trimmed");
+                    count
+                }
+                Err(error) => {
+                    tracing::warn!(journal.error = %error, "journal trim failed");
+                    0
+                }
             };
-            // A pass reads the whole run table: on the blocking pool, so that it holds up
-            // nothing else on the control runtime.
-            let (ttl, max_records) = (settings.record_ttl, settings.max_records);
-            let trimmed = tokio::task::spawn_blocking(move || {
-                let journal = state.shared.journal();
-                let aged = journal.purge_older_than(ttl, None)?;
-                Ok::<_, String>(aged + journal.trim_to(max_records)?)
-            })
-            .await
-            .unwrap_or_else(|_| Err("the trim stopped unexpectedly".into()));
-            match trimmed {
-                Ok(0) => {}
-                Ok(count) => tracing::info!(runs.deleted = count, "journal trimmed"),
-                Err(error) => tracing::warn!(journal.error = %error, "journal trim failed"),
-            }
+
+            // A pass that found nothing to delete on a table so large that reading it
+            // outlasts the interval would be followed by another at once, and another: such
+            // a pass is followed by a pause of nine times its length at least. A pass that
+            // deleted is not, or the runs to delete would pile up faster than it goes.
+            let pause = if deleted == 0 {
+                settings.retention_interval.max(started.elapsed() * 9)
+            } else {
+                settings.retention_interval
+            };
+            std::thread::sleep(pause);
         }
-    });
+    };
+    std::thread::Builder::new()
+        .name("journal-retention".into())
+        .spawn(retention)
+        .map(drop)
+        .map_err(|error| format!("cannot start the journal's retention: {error}"))
 }
 
 /// Builds the router and backends for `config`, reusing unchanged backend pools of
@@ -294,7 +308,7 @@ pub fn run(config: Config) -> Result<(), String> {
         },
     ));
     reload::watch(&state);
-    keep_journal_bounded(&state);
+    keep_journal_bounded(&state)?;
     tracing::info!(
         server.listen = %startup.listen,
         workflows = state.snapshot().config.workflows.len(),

@@ -157,6 +157,14 @@ pub fn purge(state: &GatewayState, query: Option<&str>) -> Result<Reply, Gateway
                 })?;
                 older_than = Some(age);
             }
+            // A workflow no longer configured may still have runs to purge: any name goes,
+            // but an empty one is a mistake, not "every workflow".
+            "workflow" if value.is_empty() => {
+                return Err(GatewayError::InvalidParameter {
+                    name,
+                    reason: "must name a workflow; leave it out to purge every workflow".into(),
+                })
+            }
             "workflow" => workflow = Some(value),
             _ => {
                 return Err(GatewayError::InvalidParameter {
