@@ -227,7 +227,8 @@ pub struct Journal {
     changes: SyncSender<Command>,
     reader: Mutex<Connection>,
     /// Held by whoever writes: the writer thread for each batch, the read connection for
-    /// each of its few writes (a retention slice, a replay slice). Without it the two
+    /// each of its few writes (a replay slice, marking interrupted attempts at start; the
+    /// deletes of retention go through the writer). Without it the two
     /// collide in SQLite's lock, and the loser sleeps in the busy handler's growing steps,
     /// which under steady load starved the writer for up to seconds.
     write_turn: Arc<Mutex<()>>,
@@ -503,14 +504,7 @@ impl Journal {
     /// then for the commit; returns the rows it deleted.
     fn write_and_wait(&self, change: Change) -> Result<usize, String> {
         let (written, committed) = oneshot::channel();
-        let command = Command {
-            change,
-            written: Some(written),
-            sent: Instant::now(),
-        };
-        self.stats.pending.fetch_add(1, Ordering::Relaxed);
-        if self.changes.send(command).is_err() {
-            self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+        if !self.hand_over_blocking(change, Some(written)) {
             return Err("the journal writer has stopped".into());
         }
         committed
@@ -520,16 +514,29 @@ impl Journal {
 
     /// A change that must not be dropped when the channel is momentarily full.
     fn write_blocking(&self, change: Change) {
+        if !self.hand_over_blocking(change, None) {
+            tracing::error!("the journal writer has stopped; a change was not recorded");
+        }
+    }
+
+    /// Hands a change to the writer, waiting for room in the channel; false if the writer
+    /// has stopped.
+    fn hand_over_blocking(
+        &self,
+        change: Change,
+        written: Option<oneshot::Sender<Result<usize, String>>>,
+    ) -> bool {
         let command = Command {
             change,
-            written: None,
+            written,
             sent: Instant::now(),
         };
         self.stats.pending.fetch_add(1, Ordering::Relaxed);
-        if self.changes.send(command).is_err() {
+        let handed = self.changes.send(command).is_ok();
+        if !handed {
             self.stats.pending.fetch_sub(1, Ordering::Relaxed);
-            tracing::error!("the journal writer has stopped; a change was not recorded");
         }
+        handed
     }
 
     /// A write through the read connection, in turn with the writer thread.
